@@ -1,0 +1,41 @@
+# Two commands: `make run` (the whole job on the embedded model) and `make test`.
+# Each creates .venv if missing and installs the package first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= conf/stereoset.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test install test-unit test-spark test-integration test-vllm bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+
+$(STAMP): setup.py | $(BIN)/python
+	# llama-cpp-python compiles on first install (~10 min on 2 cores); pip caches the wheel.
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pld run --config $(CONFIG)
+	$(BIN)/pld ingest --config conf/contractnli.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-spark: $(STAMP)
+	$(BIN)/python -m pytest tests/spark $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf lakehouse reports spark-warehouse metastore_db derby.log .pytest_cache

@@ -1,0 +1,211 @@
+"""Delta store: create-if-missing, idempotent MERGE on natural keys, append-only records.
+
+Locally every table is a Delta folder under the lakehouse path and is registered as a temp
+view of the same name, so ``spark.sql("select * from rules")`` works in any session that
+built a store. On Databricks (``lakehouse.catalog`` set) tables are ``catalog.schema.name``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Iterable
+
+from pld_spark.errors import ContractError, StorageError
+from pld_spark.storage.catalog import TABLES, TableSpec, spec
+
+log = logging.getLogger(__name__)
+
+_CONFLICT_NAMES = (
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException",
+    "ConcurrentWriteException", "DeltaConcurrentModificationException",
+)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """Delta's optimistic-concurrency conflicts (retried). Matched by exception class name,
+    walking the class hierarchy, because py4j surfaces JVM classes under varying wrappers."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & set(_CONFLICT_NAMES):
+        return True
+    # Py4J / Spark Connect wrap JVM exceptions: check the JVM class name they carry.
+    jvm_class = getattr(exc, "getErrorClass", None)
+    desc = f"{type(exc).__name__}:{exc}"[:2000] if jvm_class is None else str(jvm_class())
+    return any(n in desc for n in _CONFLICT_NAMES) or "DELTA_CONCURRENT" in desc
+
+
+class DeltaStore:
+    """All table I/O goes through here. Holds the session; never creates one."""
+
+    def __init__(self, spark, path: str = "./lakehouse", catalog: str | None = None, schema: str | None = None,
+                 max_conflict_retries: int = 8):
+        self.spark = spark
+        self.root = Path(path).resolve()
+        self.catalog = catalog
+        self.schema = schema
+        self.max_conflict_retries = max_conflict_retries
+        if not self.catalog:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, spark, lakehouse_cfg) -> "DeltaStore":
+        return cls(spark, lakehouse_cfg.path, lakehouse_cfg.catalog, lakehouse_cfg.schema_)
+
+    # ---------------------------------------------------------------- naming
+    def location(self, name: str) -> str:
+        spec(name)
+        if self.catalog:
+            return f"{self.catalog}.{self.schema or 'default'}.{name}"
+        return str(self.root / name)
+
+    def _ref(self, name: str) -> str:
+        """SQL reference for a table: backticked path locally, 3-part name on Databricks."""
+        loc = self.location(name)
+        return loc if self.catalog else f"delta.`{loc}`"
+
+    def exists(self, name: str) -> bool:
+        if self.catalog:
+            return self.spark.catalog.tableExists(self.location(name))
+        return (Path(self.location(name)) / "_delta_log").exists()
+
+    # ---------------------------------------------------------------- create / read
+    def ensure(self, name: str) -> None:
+        """Create the table with its catalogue schema if it does not exist (idempotent, race-safe)."""
+        s = spec(name)
+        if not self.exists(name):
+            ref = self._ref(name)
+            stmt = f"CREATE TABLE IF NOT EXISTS {ref} ({s.ddl}) USING DELTA"
+            self._with_retry(lambda: self.spark.sql(stmt), f"create {name}")
+        self._register_view(name)
+
+    def ensure_all(self, names: Iterable[str] | None = None) -> None:
+        for n in names or TABLES:
+            self.ensure(n)
+
+    def _register_view(self, name: str) -> None:
+        if not self.catalog:
+            self.spark.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {self._ref(name)}")
+
+    def register_views(self) -> None:
+        """Make every existing table queryable by its bare name in this session."""
+        for n in TABLES:
+            if self.exists(n):
+                self._register_view(n)
+
+    def read(self, name: str):
+        """The table as a DataFrame (empty with the catalogue schema if it does not exist yet)."""
+        self.ensure(name)
+        if self.catalog:
+            return self.spark.table(self.location(name))
+        return self.spark.read.format("delta").load(self.location(name))
+
+    def empty(self, name: str):
+        return self.spark.createDataFrame([], spec(name).ddl)
+
+    # ---------------------------------------------------------------- write
+    def conform(self, name: str, df):
+        """Select/cast ``df`` to the table's schema; missing nullable columns become NULL.
+
+        Raises ContractError naming the table and the columns that are present in neither.
+        """
+        from pyspark.sql import functions as F
+
+        s = spec(name)
+        target = self.spark.createDataFrame([], s.ddl).schema
+        missing_keys = [k for k in s.keys if k not in df.columns]
+        if missing_keys:
+            raise ContractError(f"write to '{name}': missing key columns {missing_keys}; got {df.columns}")
+        unknown = [c for c in df.columns if c not in target.names]
+        if unknown:
+            raise ContractError(f"write to '{name}': columns not in the table schema: {unknown}")
+        cols = []
+        for field in target.fields:
+            if field.name in df.columns:
+                cols.append(F.col(field.name).cast(field.dataType).alias(field.name))
+            else:
+                cols.append(F.lit(None).cast(field.dataType).alias(field.name))
+        return df.select(*cols)
+
+    def append(self, name: str, df) -> None:
+        self.ensure(name)
+        out = self.conform(name, df)
+        self._with_retry(lambda: self._append(name, out), f"append {name}")
+
+    def _append(self, name: str, df) -> None:
+        if self.catalog:
+            df.write.format("delta").mode("append").saveAsTable(self.location(name))
+        else:
+            df.write.format("delta").mode("append").save(self.location(name))
+
+    def merge(self, name: str, df, update: bool = True) -> None:
+        """Idempotent upsert on the table's natural keys.
+
+        ``update=False`` inserts only rows whose key is new (first write wins), which is what
+        resumable stages want: re-running never rewrites a paid result.
+        Duplicate keys inside ``df`` are collapsed (last one in the frame's order wins).
+        """
+        from delta.tables import DeltaTable
+
+        s = spec(name)
+        if s.append_only or not s.keys:
+            raise StorageError(f"table '{name}' is append-only; use append()")
+        self.ensure(name)
+        src = self.conform(name, df).dropDuplicates(list(s.keys))
+        cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in s.keys)
+
+        def _do():
+            tbl = (DeltaTable.forName(self.spark, self.location(name)) if self.catalog
+                   else DeltaTable.forPath(self.spark, self.location(name)))
+            m = tbl.alias("t").merge(src.alias("s"), cond)
+            if update:
+                m = m.whenMatchedUpdateAll()
+            m.whenNotMatchedInsertAll().execute()
+
+        self._with_retry(_do, f"merge {name}")
+
+    def delete_where(self, name: str, condition: str) -> None:
+        if self.exists(name):
+            self._with_retry(lambda: self.spark.sql(f"DELETE FROM {self._ref(name)} WHERE {condition}"),
+                             f"delete {name}")
+
+    def _with_retry(self, fn, what: str):
+        for attempt in range(self.max_conflict_retries + 1):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - re-raised unless a Delta conflict
+                if not _is_conflict(e) and not self._is_create_race(e, what):
+                    raise
+                if attempt == self.max_conflict_retries:
+                    raise StorageError(
+                        f"{what}: gave up after {attempt + 1} attempts because of concurrent Delta commits "
+                        f"({type(e).__name__}); re-run the command") from e
+                delay = min(8.0, 0.2 * 2 ** attempt) * (0.5 + random.random())
+                log.warning("%s: concurrent commit conflict (%s); retry %d in %.1fs", what, type(e).__name__,
+                            attempt + 1, delay)
+                time.sleep(delay)
+
+    @staticmethod
+    def _is_create_race(exc: BaseException, what: str) -> bool:
+        return what.startswith("create") and ("already exists" in str(exc).lower()
+                                               or "DELTA_PATH_EXISTS" in str(exc))
+
+    # ---------------------------------------------------------------- sql
+    def sql(self, query: str):
+        self.register_views()
+        return self.spark.sql(query)
+
+    def history(self, name: str):
+        return self.spark.sql(f"DESCRIBE HISTORY {self._ref(name)}")
+
+
+def require_columns(df, columns: Iterable[str], stage: str) -> None:
+    """Stage contract check: fail with the stage name and the missing columns."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ContractError(f"stage '{stage}': input is missing columns {missing} (has {df.columns})")
+
+
+def table_spec(name: str) -> TableSpec:
+    return spec(name)
