@@ -87,6 +87,13 @@ class LLMClient(Protocol):
     def chat(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         """Answer a batch; never raises for a per-row failure (see ``ChatResponse.error``)."""
 
+    def _answer_many(self, reqs: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
+        """Answer cache misses (never raises per row). Engines that batch natively override this."""
+        if len(reqs) > 1 and max_in_flight > 1 and self.concurrent_requests:
+            with ThreadPoolExecutor(max_workers=min(max_in_flight, len(reqs))) as pool:
+                return list(pool.map(self._answer_as_data, reqs))
+        return [self._answer_as_data(r) for r in reqs]
+
     def chat_one(self, request: ChatRequest) -> ChatResponse:
         """Answer one request; raises the typed :class:`pld_spark.errors.LLMError` on failure."""
 
@@ -156,6 +163,34 @@ def map_to_label(text: str, labels: Sequence[str]) -> str | None:
     first = clean.split()[0] if clean.split() else ""
     close = difflib.get_close_matches(first, list(low), n=1, cutoff=0.6)
     return low[close[0]] if close else None
+
+
+def label_logprobs_from_top(top: list[dict[str, Any]], labels: list[str]) -> dict[str, float] | None:
+    """Per-label log-probability from one position's top tokens (logsumexp of the tokens
+    that begin the label). ``None`` if no top token begins any label. Labels not seen get
+    a floor below the least likely seen token."""
+    acc: dict[str, list[float]] = {lab: [] for lab in labels}
+    seen = []
+    for t in top:
+        tok = str(t.get("token", "")).strip().lower()
+        lp = t.get("logprob")
+        if not tok or lp is None or (isinstance(lp, float) and math.isnan(lp)):
+            continue
+        seen.append(float(lp))
+        for lab in labels:
+            if lab.lower().startswith(tok):
+                acc[lab].append(float(lp))
+    if not any(acc.values()):
+        return None
+    floor = (min(seen) if seen else 0.0) - 1.0
+    out = {}
+    for lab, vals in acc.items():
+        if vals:
+            m = max(vals)
+            out[lab] = m + math.log(sum(math.exp(v - m) for v in vals))
+        else:
+            out[lab] = floor
+    return out
 
 
 class BaseLLM:
@@ -290,15 +325,7 @@ class BaseLLM:
                 k = keys[i] or f"nocache-{i}"
                 todo.setdefault(k, i)
         idx = list(todo.values())
-
-        def run(i: int) -> ChatResponse:
-            return self._answer_as_data(reqs[i])
-
-        if len(idx) > 1 and max_in_flight > 1 and self.concurrent_requests:
-            with ThreadPoolExecutor(max_workers=min(max_in_flight, len(idx))) as pool:
-                answers = list(pool.map(run, idx))
-        else:
-            answers = [run(i) for i in idx]
+        answers = self._answer_many([reqs[i] for i in idx], max_in_flight) if idx else []
         new_entries = []
         for i, resp in zip(idx, answers):
             out[i] = resp
@@ -325,6 +352,13 @@ class BaseLLM:
                 log.exception("could not store %d responses in the persistent cache", len(new_entries))
         self._bump(requests=len(reqs))
         return [o for o in out]  # type: ignore[misc]
+
+    def _answer_many(self, reqs: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
+        """Answer cache misses (never raises per row). Engines that batch natively override this."""
+        if len(reqs) > 1 and max_in_flight > 1 and self.concurrent_requests:
+            with ThreadPoolExecutor(max_workers=min(max_in_flight, len(reqs))) as pool:
+                return list(pool.map(self._answer_as_data, reqs))
+        return [self._answer_as_data(r) for r in reqs]
 
     def chat_one(self, request: ChatRequest) -> ChatResponse:
         """Answer one request (cache included); raises the typed LLMError on failure."""
@@ -522,4 +556,4 @@ class BaseLLM:
 
 
 __all__ = ["ChatRequest", "ChatResponse", "ClassifyResult", "LLMClient", "BaseLLM", "LabelScores", "map_to_label",
-           "approx_token_count", "RetryableLLMError"]
+           "approx_token_count", "label_logprobs_from_top", "RetryableLLMError"]
