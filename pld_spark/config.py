@@ -213,12 +213,20 @@ class RayConfig(_Model):
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     setup_on_spark: bool = Field(False, description="Databricks: start Ray on the Spark cluster (ray.util.spark).")
+    spark_max_worker_nodes: int | None = Field(
+        None, ge=1, description="setup_on_spark: Ray worker nodes to start (null: all the Spark cluster offers).")
+    spark_num_cpus_worker_node: int | None = Field(
+        None, ge=1, description="setup_on_spark: CPUs per Ray worker node (null: Ray on Spark's default).")
 
 
 class ScoreConfig(_Model):
     ray: RayConfig = RayConfig()
     engine: Literal["ray", "local"] = Field("ray", description="'local' scores in-process (used by resolve/evaluate on small sets).")
     handoff_dir: str | None = Field(None, description="Parquet handoff folder between Spark and Ray (default: <lakehouse>/_handoff).")
+    chunk_rows: int = Field(
+        5000, ge=1, description="Rows per Ray pass + Delta MERGE; a crash repeats at most one chunk of student calls.")
+    max_error_rate: float = Field(
+        0.2, ge=0, le=1, description="Fail the score stage (after storing the rows) if more than this share errored.")
 
 
 class EvaluateConfig(_Model):
@@ -228,7 +236,12 @@ class EvaluateConfig(_Model):
     bootstrap: int = Field(1000, ge=10)
     seed: int = 3
     report_dir: str = "./reports"
-    cot_max_tokens: int = Field(96, ge=8)
+    cot_max_tokens: int = Field(96, ge=8, description="Reasoning tokens per example in the cot condition (~35 ms each locally).")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="Where conditions are scored: in-process (small test splits) or the Ray actor pool.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Rows per classify call in-process; null = the whole split (batch calibration then "
+                                "centres over the whole split).")
 
 
 class PLDConfig(_Model):

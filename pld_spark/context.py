@@ -75,6 +75,7 @@ class RunContext:
         self.run_id = run_id or new_run_id()
         self.record = RunRecord(self.run_id, command)
         self._with_nlp = with_nlp
+        self._usage_seen: dict[int, dict[str, float]] = {}  # client id -> stats already folded in
 
     # Lazily built members. ``replace`` overrides any of them.
     @cached_property
@@ -159,8 +160,12 @@ class RunContext:
         self.finish(exc)
 
     def collect_usage(self, client) -> None:
-        """Fold a client's token/cost counters into the run record (call at stage end)."""
+        """Fold what a client spent since the last call into the run record (call at stage end)."""
         if client is None or not hasattr(client, "stats"):
             return
         s = client.stats()
-        self.record.add_usage(s.get("tokens_in", 0), s.get("tokens_out", 0), s.get("calls", 0), s.get("cost_usd", 0.0))
+        keys = ("tokens_in", "tokens_out", "calls", "cost_usd")
+        prev = self._usage_seen.get(id(client), dict.fromkeys(keys, 0))
+        delta = {k: (s.get(k) or 0) - (prev.get(k) or 0) for k in keys}
+        self._usage_seen[id(client)] = {k: s.get(k) or 0 for k in keys}
+        self.record.add_usage(delta["tokens_in"], delta["tokens_out"], delta["calls"], delta["cost_usd"])

@@ -52,6 +52,7 @@ def session_builder(spark_cfg, with_nlp: bool = False, warehouse_dir: str | None
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
     )
     if warehouse_dir:
         b = b.config("spark.sql.warehouse.dir", warehouse_dir)

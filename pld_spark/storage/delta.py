@@ -17,23 +17,23 @@ from pld_spark.storage.catalog import TABLES, TableSpec, spec
 
 log = logging.getLogger(__name__)
 
-_CONFLICT_NAMES = (
-    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
-    "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException",
-    "ConcurrentWriteException", "DeltaConcurrentModificationException",
-)
-
-
 def _is_conflict(exc: BaseException) -> bool:
-    """Delta's optimistic-concurrency conflicts (retried). Matched by exception class name,
-    walking the class hierarchy, because py4j surfaces JVM classes under varying wrappers."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    if names & set(_CONFLICT_NAMES):
-        return True
-    # Py4J / Spark Connect wrap JVM exceptions: check the JVM class name they carry.
-    jvm_class = getattr(exc, "getErrorClass", None)
-    desc = f"{type(exc).__name__}:{exc}"[:2000] if jvm_class is None else str(jvm_class())
-    return any(n in desc for n in _CONFLICT_NAMES) or "DELTA_CONCURRENT" in desc
+    """Delta's optimistic-concurrency conflicts, which are safe to retry.
+
+    Importing ``delta.exceptions`` installs Delta's converter that turns the JVM conflict
+    exceptions into these Python classes (ConcurrentAppendException etc.).
+    """
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    return isinstance(exc, DeltaConcurrentModificationException)
+
+
+def _is_create_race(exc: BaseException) -> bool:
+    """Two processes creating the same table: the loser sees the table already exists."""
+    from pyspark.errors import AnalysisException
+
+    return isinstance(exc, AnalysisException) and (exc.getCondition() or "").startswith(
+        ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS"))
 
 
 class DeltaStore:
@@ -175,7 +175,7 @@ class DeltaStore:
             try:
                 return fn()
             except Exception as e:  # noqa: BLE001 - re-raised unless a Delta conflict
-                if not _is_conflict(e) and not self._is_create_race(e, what):
+                if not _is_conflict(e) and not (what.startswith("create") and _is_create_race(e)):
                     raise
                 if attempt == self.max_conflict_retries:
                     raise StorageError(
@@ -185,11 +185,6 @@ class DeltaStore:
                 log.warning("%s: concurrent commit conflict (%s); retry %d in %.1fs", what, type(e).__name__,
                             attempt + 1, delay)
                 time.sleep(delay)
-
-    @staticmethod
-    def _is_create_race(exc: BaseException, what: str) -> bool:
-        return what.startswith("create") and ("already exists" in str(exc).lower()
-                                               or "DELTA_PATH_EXISTS" in str(exc))
 
     # ---------------------------------------------------------------- sql
     def sql(self, query: str):
