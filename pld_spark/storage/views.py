@@ -1,0 +1,130 @@
+"""SQL views over the tables: lineage, reviews, metrics, run status.
+
+The SQL of every view is in :data:`VIEW_SQL` (table names as ``{placeholders}``) so the
+README can quote it; :func:`view_sql` renders one with plain table names. Locally the tables
+are path-based Delta folders registered as temp views, so the views are temp views of this
+session (``pld sql query`` creates them before running a query). On Databricks (lakehouse
+catalog set) they are ``CREATE OR REPLACE VIEW catalog.schema.<view>`` over the catalog tables.
+"""
+from __future__ import annotations
+
+import re
+
+VIEW_SQL: dict[str, str] = {
+    # The prompt the task's 'live' alias points at, one row per rule in prompt order, with the
+    # text as shipped (an edit review used by that version replaces the rule's instruction).
+    "live_prompt_rules": """
+WITH live AS (
+  SELECT task, prompt_version, promoted_by, promoted_at FROM (
+    SELECT a.*, row_number() OVER (PARTITION BY task, alias ORDER BY promoted_at DESC) AS n
+    FROM {prompt_aliases} a WHERE alias = 'live') WHERE n = 1
+),
+prompt_rules AS (
+  SELECT p.prompt_version, p.token_count, p.review_ids, e.pos, e.rule_id
+  FROM {prompts} p LATERAL VIEW posexplode(p.rule_ids) e AS pos, rule_id
+)
+SELECT l.task, l.prompt_version, l.promoted_by, l.promoted_at, pr.token_count AS prompt_tokens,
+       pr.pos + 1 AS position, pr.rule_id, r.label, r.topic,
+       coalesce(CASE WHEN rv.action = 'edit' THEN rv.new_text END, r.instruction) AS instruction,
+       r.support, r.origin, rv.action AS review_action, rv.reviewer
+FROM live l
+JOIN prompt_rules pr ON pr.prompt_version = l.prompt_version
+LEFT JOIN {rules} r ON r.rule_id = pr.rule_id
+LEFT JOIN {rule_reviews} rv ON rv.rule_id = pr.rule_id AND array_contains(pr.review_ids, rv.review_id)
+""",
+    # prompt version -> rule -> cluster -> micro-instruction -> example. Rules added by the
+    # conflict loop link to the examples that round showed the teacher (via = 'resolve_round').
+    "rule_lineage": """
+WITH prompt_rules AS (
+  SELECT p.task, p.prompt_version, p.kind, e.pos, e.rule_id
+  FROM {prompts} p LATERAL VIEW posexplode(p.rule_ids) e AS pos, rule_id
+),
+links AS (
+  SELECT r.rule_id, m.micro_id, CAST(NULL AS STRING) AS source_example_id
+  FROM {rules} r LATERAL VIEW explode(r.member_micro_ids) m AS micro_id
+  UNION ALL
+  SELECT r.rule_id, CAST(NULL AS STRING) AS micro_id, s.example_id AS source_example_id
+  FROM {rules} r LATERAL VIEW explode(r.source_example_ids) s AS example_id
+)
+SELECT pr.task, pr.prompt_version, pr.kind, pr.pos + 1 AS position, pr.rule_id, r.origin,
+       r.label AS rule_label, r.parent_rule_id, r.cluster_run_id, r.cluster_id,
+       l.micro_id, ic.dist_to_centroid, mi.rule AS micro_rule,
+       coalesce(mi.example_id, l.source_example_id) AS example_id, mi.label AS example_label,
+       CASE WHEN l.micro_id IS NOT NULL THEN 'cluster'
+            WHEN l.source_example_id IS NOT NULL THEN 'resolve_round' END AS via
+FROM prompt_rules pr
+LEFT JOIN {rules} r ON r.rule_id = pr.rule_id
+LEFT JOIN links l ON l.rule_id = pr.rule_id
+LEFT JOIN {micro_instructions} mi ON mi.micro_id = l.micro_id
+LEFT JOIN {instruction_clusters} ic ON ic.micro_id = l.micro_id AND ic.cluster_run_id = r.cluster_run_id
+""",
+    # Which reviews changed (were applied by) a prompt version.
+    "prompt_reviews": """
+SELECT p.task, p.prompt_version, p.kind, p.created_at AS prompt_created_at, rv.review_id, rv.rule_id,
+       rv.action, rv.new_text, rv.reviewer, rv.note, rv.created_at AS reviewed_at
+FROM {prompts} p LATERAL VIEW explode(p.review_ids) e AS review_id
+JOIN {rule_reviews} rv ON rv.review_id = e.review_id
+""",
+    # Every prompt version with its evaluations (NULL metrics when not evaluated yet) and the
+    # best val macro-F1 the conflict loop measured for it.
+    "prompt_metrics": """
+WITH loop_val AS (
+  SELECT prompt_version, max(f1) AS loop_val_macro_f1 FROM (
+    SELECT prompt_version, val_macro_f1 AS f1 FROM {resolution_rounds}
+    UNION ALL
+    SELECT candidate_version AS prompt_version, candidate_val_macro_f1 AS f1 FROM {resolution_rounds}
+    WHERE candidate_version IS NOT NULL)
+  GROUP BY prompt_version
+)
+SELECT p.task, p.prompt_version, p.kind, p.parent_version, p.token_count, p.created_at,
+       lv.loop_val_macro_f1, e.run_id AS eval_run_id, e.condition, e.n, e.macro_f1, e.ci_low, e.ci_high,
+       e.accuracy, e.latency_p50, e.latency_p95, e.prompt_tokens_mean, e.prefix_hit_rate,
+       e.created_at AS evaluated_at
+FROM {prompts} p
+LEFT JOIN loop_val lv ON lv.prompt_version = p.prompt_version
+LEFT JOIN {evaluations} e ON e.prompt_version = p.prompt_version
+""",
+    "predictions_per_label_day": """
+SELECT prompt_version, condition, to_date(scored_at) AS day, label, count(*) AS n,
+       sum(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS errors,
+       avg(element_at(probabilities, label)) AS mean_probability, avg(latency_s) AS mean_latency_s
+FROM {predictions}
+GROUP BY prompt_version, condition, to_date(scored_at), label
+""",
+    # The latest row per run (runs is append-only: 'running', then 'succeeded' / 'failed').
+    "run_status": """
+SELECT run_id, command, status, started_at, ended_at, wall_s, config_hash, code_version, counts,
+       tokens_in, tokens_out, llm_calls, cost_usd, error
+FROM (
+  SELECT r.*, row_number() OVER (PARTITION BY run_id
+                                 ORDER BY event_time DESC, CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS n
+  FROM {runs} r)
+WHERE n = 1
+""",
+}
+
+
+def tables_of(sql: str) -> list[str]:
+    """The table placeholders a view's SQL uses."""
+    return sorted(set(re.findall(r"\{([a-z_]+)\}", sql)))
+
+
+def view_sql(name: str, table_ref=lambda t: t) -> str:
+    """The SQL of view ``name`` with table references from ``table_ref`` (default: bare names)."""
+    sql = VIEW_SQL[name]
+    return sql.format(**{t: table_ref(t) for t in tables_of(sql)}).strip()
+
+
+def create_views(store) -> list[str]:
+    """Create (or replace) every view; tables that do not exist yet are created empty first."""
+    created = []
+    for name, sql in VIEW_SQL.items():
+        for t in tables_of(sql):
+            store.ensure(t)  # locally this also registers the table's temp view
+        if store.catalog:
+            target = f"{store.catalog}.{store.schema or 'default'}.{name}"
+            store.spark.sql(f"CREATE OR REPLACE VIEW {target} AS {view_sql(name, store.location)}")
+        else:
+            store.spark.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {view_sql(name)}")
+        created.append(name)
+    return created
