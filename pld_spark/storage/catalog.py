@@ -122,8 +122,11 @@ EVALUATIONS = _t("evaluations", """
     run_id STRING, task STRING, condition STRING, prompt_version STRING, n BIGINT, macro_f1 DOUBLE,
     ci_low DOUBLE, ci_high DOUBLE, accuracy DOUBLE, per_class STRING, confusion STRING,
     latency_p50 DOUBLE, latency_p95 DOUBLE, prompt_tokens_mean DOUBLE, output_tokens_mean DOUBLE,
-    prefix_hit_rate DOUBLE, errors BIGINT, created_at TIMESTAMP""", keys=("run_id", "condition"),
-    doc="Metrics per evaluation condition.")
+    prefix_hit_rate DOUBLE, errors BIGINT, created_at TIMESTAMP, engine STRING, calibration STRING,
+    latency_mean DOUBLE, latency_first DOUBLE, prefix_reused_share DOUBLE, prompt_token_count INT,
+    student_model STRING, note STRING""", keys=("run_id", "condition"),
+    doc="Metrics per evaluation condition (latency_first: the condition's first request, before its prompt "
+        "prefix was cached; prompt_token_count: system prompt tokens).")
 
 PROMPT_ALIASES = _t("prompt_aliases", """
     task STRING, alias STRING, prompt_version STRING, promoted_by STRING, note STRING,
