@@ -60,7 +60,7 @@ def load_model(path: Path, n_ctx: int, n_threads: int | None, seed: int = 0,
                extra: dict[str, Any] | None = None) -> LoadedModel:
     """The process-wide ``Llama`` for these parameters, loading it on first use."""
     global LOAD_COUNT
-    threads = n_threads or os.cpu_count() or 1
+    threads = n_threads or int(os.environ.get("PLD_LLAMA_THREADS", 0)) or os.cpu_count() or 1
     kw = _llama_kwargs(extra or {})
     key = (str(path), n_ctx, threads, seed, tuple(sorted((k, repr(v)) for k, v in kw.items())))
     with _MODELS_LOCK:

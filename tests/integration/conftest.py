@@ -20,7 +20,7 @@ def llama_server(embedded_gguf):
     ok, why = LlamaCppServer.available()
     if not ok:
         pytest.skip(why)
-    srv = LlamaCppServer(embedded_gguf, n_ctx=1024, n_threads=2)
+    srv = LlamaCppServer(embedded_gguf, n_ctx=1024, n_threads=1)  # 1 thread: shared CPU, see test_llm_llamacpp
     srv.start()
     yield srv
     srv.stop()
