@@ -229,6 +229,12 @@ class BaseLLM:
         self._stats: dict[str, float] = {}
         self.reset_stats()
 
+    @property
+    def max_concurrency(self) -> int:
+        """Requests worth keeping in flight at once: 1 for in-process engines (they serialise on
+        one model), ``cfg.extra["max_in_flight"]`` (default 64) for HTTP backends."""
+        return int(self.cfg.extra.get("max_in_flight", 64)) if self.concurrent_requests else 1
+
     # ------------------------------------------------------------------ backend hooks
     def _chat_once(self, req: ChatRequest) -> ChatResponse:
         """One model call for a request whose defaults are filled in. Raise typed LLMErrors."""

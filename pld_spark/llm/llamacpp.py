@@ -237,6 +237,24 @@ class LlamaCppLLM(BaseLLM):
                            cost_usd=self.cost(n_in, 0))
         return out
 
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean-pooled, L2-normalised embeddings (a second ``Llama`` in embedding mode, loaded
+        once per process; ``cfg.extra["embed_n_ctx"]`` caps its context, default 512)."""
+        import llama_cpp
+
+        extra = {k: v for k, v in self.cfg.extra.items() if k not in ("embedding", "pooling_type")}
+        extra.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        n_ctx = int(self.cfg.extra.get("embed_n_ctx", min(512, self.cfg.n_ctx)))
+        m = load_model(self.model_path, n_ctx, self.cfg.n_threads, self.cfg.seed, extra)
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        with m.lock:
+            vecs = m.llama.embed([t if t.strip() else " " for t in texts], normalize=True, truncate=True)
+        self._bump(calls=1, latency_s=time.perf_counter() - t0)
+        return [list(map(float, v)) for v in vecs]
+
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s["model_loaded"] = self.loaded

@@ -22,7 +22,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from pld_spark.errors import ConfigError, ContextLengthError, FatalLLMError, LLMError, MalformedResponseError
@@ -82,7 +81,7 @@ class VLLMLLM(BaseLLM):
         super().__init__(cfg, role, cache, **kw)
         self.top_logprobs = int(cfg.extra.get("top_logprobs", 20))
         self._engine = None
-        self._lock = threading.RLock()
+        self._engine_lock = threading.RLock()
 
     @property
     def engine(self):
@@ -109,7 +108,7 @@ class VLLMLLM(BaseLLM):
 
     def _generate(self, convs: list[list[dict[str, str]]], params) -> list[Any]:
         try:
-            with self._lock:
+            with self._engine_lock:
                 return self.engine.chat(convs, params, use_tqdm=False)
         except ValueError as e:
             # vLLM rejects over-long prompts with a ValueError naming the model length.
@@ -213,4 +212,4 @@ class VLLMLLM(BaseLLM):
             return None
 
 
-__all__ = ["VLLMLLM", "structured_params", "get_engine", "replace"]
+__all__ = ["VLLMLLM", "structured_params", "get_engine"]

@@ -167,3 +167,14 @@ def test_context_length_is_a_typed_fatal_error():
 def test_count_tokens_uses_the_model_tokenizer(student):
     assert student.count_tokens("gender") == 1
     assert student.count_tokens("profession religion") >= 2
+
+
+def test_embed_gives_normalised_vectors_that_rank_similar_texts_closer():
+    import numpy as np
+
+    c = build_client(LLMConfig(type="llamacpp", n_threads=THREADS), role="teacher")
+    v = np.array(c.embed(["The nurse cared for patients.", "The doctor treated the sick.", "The Muslim man prayed.",
+                          ""]))
+    assert v.shape[0] == 4 and v.shape[1] > 100
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
+    assert c.embed([]) == []

@@ -325,3 +325,11 @@ def test_map_to_label_rules():
     assert map_to_label("professon", LABELS) == "profession"  # close spelling
     assert map_to_label("", LABELS) is None
     assert map_to_label("nothing relevant", LABELS) is None
+
+
+def test_max_concurrency_hint():
+    from pld_spark.llm.openai import OpenAILLM
+
+    assert ScriptedLLM().max_concurrency == 1  # not an HTTP backend
+    o = OpenAILLM(LLMConfig(type="openai", model="m", base_url="http://h/v1", extra={"max_in_flight": 8}))
+    assert o.max_concurrency == 8
