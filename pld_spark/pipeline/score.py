@@ -159,17 +159,25 @@ class PromptRef:
     alias: str | None = None
 
 
-def alias_version(ctx, alias: str) -> str | None:
-    """The prompt version an alias points at for the task (latest promotion wins), or None."""
+def task_aliases(ctx) -> dict[str, str]:
+    """alias -> prompt version for the task (the latest promotion of each alias wins)."""
     from pyspark.sql import functions as F
 
-    store = ctx.store
-    if not store.exists("prompt_aliases"):
-        return None
-    row = (store.read("prompt_aliases")
-           .where((F.col("task") == ctx.cfg.task.name) & (F.col("alias") == alias))
-           .orderBy(F.col("promoted_at").desc_nulls_last()).select("prompt_version").first())
-    return row.prompt_version if row else None
+    if not ctx.store.exists("prompt_aliases"):
+        return {}
+    rows = (ctx.store.read("prompt_aliases").where(F.col("task") == ctx.cfg.task.name)
+            .select("alias", "prompt_version", "promoted_at").collect())
+    latest: dict[str, tuple] = {}
+    for r in rows:
+        key = (r.promoted_at is not None, r.promoted_at or 0)
+        if r.alias not in latest or key >= latest[r.alias][0]:
+            latest[r.alias] = (key, r.prompt_version)
+    return {a: v for a, (_, v) in latest.items()}
+
+
+def alias_version(ctx, alias: str) -> str | None:
+    """The prompt version an alias points at for the task, or None."""
+    return task_aliases(ctx).get(alias)
 
 
 def prompt_row(ctx, version: str):
@@ -186,11 +194,12 @@ def resolve_prompt(ctx, ref: str | None = None) -> PromptRef:
 
     Raises ConfigError naming everything that was looked for."""
     task = ctx.cfg.task.name
+    aliases = task_aliases(ctx)
     if ref:
         row = prompt_row(ctx, ref)
         if row is not None:
             return PromptRef(row.prompt_version, row.text, row.kind)
-        version = alias_version(ctx, ref)
+        version = aliases.get(ref)
         if version is None:
             raise ConfigError(f"prompt '{ref}' is neither a prompt_version in table 'prompts' nor an alias of task "
                               f"'{task}' in table 'prompt_aliases'")
@@ -200,7 +209,7 @@ def resolve_prompt(ctx, ref: str | None = None) -> PromptRef:
                               f"which is not in table 'prompts'")
         return PromptRef(row.prompt_version, row.text, row.kind, alias=ref)
     for alias in ("live", "distilled"):
-        version = alias_version(ctx, alias)
+        version = aliases.get(alias)
         if version is not None:
             row = prompt_row(ctx, version)
             if row is None:
@@ -257,20 +266,24 @@ def normalize_input(df, source: str):
     return df.select(F.col(id_col).cast("string").alias("doc_id"), F.col(text_col).cast("string").alias("input_text"))
 
 
-def check_ids(df, source: str) -> None:
-    """Every document needs a non-empty, unique doc_id (it is the MERGE key)."""
+def check_ids(df, source: str) -> int:
+    """Every document needs a non-empty, unique doc_id (it is the MERGE key). Returns the
+    row count (one Spark job; a second one only to name duplicates)."""
     from pyspark.sql import functions as F
 
-    missing = df.where(F.col("doc_id").isNull() | (F.trim("doc_id") == "")).count()
-    if missing:
-        raise DataError(f"score input {source}: {missing} rows have an empty doc_id (column doc_id/example_id)")
-    dups = df.groupBy("doc_id").count().where(F.col("count") > 1).limit(5).collect()
-    if dups:
+    agg = df.agg(F.count("*").alias("n"), F.countDistinct("doc_id").alias("d"),
+                 F.sum(F.when(F.col("doc_id").isNull() | (F.trim("doc_id") == ""), 1).otherwise(0)).alias("m")).first()
+    if agg.m:
+        raise DataError(f"score input {source}: {agg.m} rows have an empty doc_id (column doc_id/example_id)")
+    if agg.d != agg.n:
+        dups = df.groupBy("doc_id").count().where(F.col("count") > 1).limit(5).collect()
         raise DataError(f"score input {source}: duplicate doc_id values, e.g. {[r.doc_id for r in dups]}")
+    return int(agg.n)
 
 
-def load_input(ctx, input_ref: str | None = None):
-    """The documents to score as ``(doc_id, input_text)``; see the module docstring."""
+def load_input(ctx, input_ref: str | None = None, with_count: bool = False):
+    """The documents to score as ``(doc_id, input_text)`` (and their count if ``with_count``);
+    see the module docstring."""
     from pld_spark.pipeline.ingest import current_examples
     from pld_spark.storage.catalog import TABLES
 
@@ -292,8 +305,8 @@ def load_input(ctx, input_ref: str | None = None):
                 raise DataError(f"score input '{input_ref}': no such file or folder, and no table of that name")
             df, source = ctx.spark.table(input_ref), f"table '{input_ref}'"
     out = normalize_input(df, source)
-    check_ids(out, source)
-    return out
+    n = check_ids(out, source)
+    return (out, n) if with_count else out
 
 
 def transform(inputs, done):
@@ -369,13 +382,17 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
     cfg = ctx.cfg
     t0 = time.perf_counter()
     prompt = resolve_prompt(ctx, prompt_version)
-    inputs = load_input(ctx, input_ref)
+    inputs, n_input = load_input(ctx, input_ref, with_count=True)
     todo = transform(inputs, scored_doc_ids(ctx, prompt.version)).cache()
-    n_input = inputs.count()
-    n_todo = todo.count()
+    # Empty inputs are stored as error rows without a model call; they are bad input, not
+    # model failures, so they do not count against the error budget.
+    agg = todo.agg(F.count("*").alias("n"), F.coalesce(F.sum(F.when(
+        F.col("input_text").isNull() | (F.trim("input_text") == ""), 1).otherwise(0)), F.lit(0)).alias("e")).first()
+    n_todo, n_empty = int(agg.n), int(agg.e)
     engine = cfg.score.engine
     counts: dict[str, Any] = {"prompt_version": prompt.version, "alias": prompt.alias, "engine": engine,
-                              "input_rows": n_input, "already_scored": n_input - n_todo, "scored": 0, "errors": 0}
+                              "input_rows": n_input, "already_scored": n_input - n_todo, "scored": 0, "errors": 0,
+                              "empty_inputs": n_empty}
     log.info("score: %d input rows, %d already scored for %s, %d to score (%s engine)", n_input,
              n_input - n_todo, prompt.version, n_todo, engine)
     if n_todo == 0:
@@ -444,9 +461,11 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
         counts["ray"] = ray_stats
     counts["wall_s"] = round(time.perf_counter() - t0, 3)
     ctx.record.add_counts(STAGE, **counts)
-    rate = counts["errors"] / counts["scored"] if counts["scored"] else 0.0
+    model_errors = counts["errors"] - n_empty
+    sent = counts["scored"] - n_empty
+    rate = model_errors / sent if sent > 0 else 0.0
     if rate > cfg.score.max_error_rate:
-        raise StageError(f"score: {counts['errors']} of {counts['scored']} rows failed ({rate:.0%} > "
+        raise StageError(f"score: {model_errors} of {sent} rows failed ({rate:.0%} > "
                          f"score.max_error_rate {cfg.score.max_error_rate:.0%}); the rows are stored with their "
                          f"error in 'predictions' and a re-run retries only them")
     return counts
