@@ -137,7 +137,7 @@ class ScriptedTeacher:
                 return ChatResponse(**{**base, "tokens_out": 0}, error="HTTP 503 from teacher", error_type="ServerError")
             gold = re.search(r"Correct label: (\w+)", _user(req)).group(1)
             if req.request_id in self.junk_ids:
-                return ChatResponse(**base, data={"reasoning": "?", "rule": "Be careful."})
+                return ChatResponse(**base, data={"reasoning": "?", "rule": "Be careful when reading it."})
             kw = keyword_of(_user(req).split("Input:", 1)[1].split("Correct label:", 1)[0]) or "thing"
             rule = f"If the input mentions '{kw}' ({CATEGORY[gold]}), the label is {gold}."
             return ChatResponse(**base, data={"reasoning": f"'{kw}' decides it.", "rule": rule})
@@ -232,3 +232,25 @@ class KeywordStudent:
 
 def ops_json(ops) -> str:
     return json.dumps(ops)
+
+
+def seed_micro(ctx, examples: list[dict], invalid_ids=()) -> None:
+    """Write the micro-instructions the scripted teacher would have extracted (skips the model map)."""
+    from pld_spark.pipeline.extract import micro_id, teacher_model_id
+    from pld_spark.storage.catalog import MICRO_INSTRUCTIONS
+
+    tm, tv = teacher_model_id(ctx.cfg.teacher), ctx.cfg.extract.template_version
+    now = datetime.now(timezone.utc)
+    recs = []
+    for r in examples:
+        kw = keyword_of(r["input_text"])
+        bad = r["example_id"] in set(invalid_ids)
+        d = {"micro_id": micro_id(r["example_id"], tm, tv), "example_id": r["example_id"], "teacher_model": tm,
+             "template_version": tv, "label": r["label"],
+             "rule": "Be careful when reading it." if bad else
+             f"If the input mentions '{kw}' ({CATEGORY[r['label']]}), the label is {r['label']}.",
+             "reasoning": "seeded", "valid": not bad, "invalid_reason": "rule names no label" if bad else None,
+             "injection_flag": False, "tokens_in": 50, "tokens_out": 20, "latency_s": 0.01, "attempts": 1,
+             "cached": False, "error": None, "run_id": "seed", "created_at": now}
+        recs.append(tuple(d[c] for c in MICRO_INSTRUCTIONS.columns))
+    ctx.store.merge("micro_instructions", ctx.spark.createDataFrame(recs, MICRO_INSTRUCTIONS.ddl))

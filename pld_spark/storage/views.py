@@ -60,10 +60,14 @@ LEFT JOIN {instruction_clusters} ic ON ic.micro_id = l.micro_id AND ic.cluster_r
 """,
     # Which reviews changed (were applied by) a prompt version.
     "prompt_reviews": """
-SELECT p.task, p.prompt_version, p.kind, p.created_at AS prompt_created_at, rv.review_id, rv.rule_id,
+WITH used AS (
+  SELECT p.task, p.prompt_version, p.kind, p.created_at, e.review_id
+  FROM {prompts} p LATERAL VIEW explode(p.review_ids) e AS review_id
+)
+SELECT u.task, u.prompt_version, u.kind, u.created_at AS prompt_created_at, rv.review_id, rv.rule_id,
        rv.action, rv.new_text, rv.reviewer, rv.note, rv.created_at AS reviewed_at
-FROM {prompts} p LATERAL VIEW explode(p.review_ids) e AS review_id
-JOIN {rule_reviews} rv ON rv.review_id = e.review_id
+FROM used u
+JOIN {rule_reviews} rv ON rv.review_id = u.review_id
 """,
     # Every prompt version with its evaluations (NULL metrics when not evaluated yet) and the
     # best val macro-F1 the conflict loop measured for it.
