@@ -26,6 +26,7 @@ CFG = LLMConfig(type="llamacpp", n_threads=1, max_tokens=8)
 REQ = dict(messages=[{"role": "user", "content": "Name one planet."}], template_version="cache-test-v1")
 
 
+@pytest.mark.slow  # a second Spark JVM starts in the subprocess (~40 s idle, ~2 min on a busy 2-core box)
 def test_delta_cache_across_clients_and_processes(spark, tmp_path):
     from pld_spark.storage.delta import DeltaStore
 

@@ -53,6 +53,12 @@ def test_classify_with_server_logprobs(llama_server):
         assert r.error is None
     assert c._logprobs_ok is True  # the server offered logprobs: no text fallback needed
     assert c.stats()["label_unmapped"] == 0
+    calls = c.stats()["calls"]
+    raw = c.classify(SYSTEM, xs, LABELS, calibration="none")
+    assert c.stats()["calls"] == calls  # same requests: answered (with their logprobs) from the cache
+    # real first-token log-probabilities, not the 0.98/0.02 pattern of the text fallback
+    assert any(abs(max(r.probabilities.values()) - 0.98) > 1e-3 for r in raw)
+    assert all(len(set(r.raw_logprobs.values())) > 1 for r in raw)
 
 
 def test_real_model_behind_fault_server(llama_server):
