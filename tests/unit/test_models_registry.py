@@ -376,3 +376,25 @@ def test_chunks_cli_assembles_by_name(fake_site, tmp_path, monkeypatch, capsys):
     assert main(["pld-test-chunked-cli"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "fake-cli.gguf")
     assert main([]) == 2 and "qwen2.5-coder-1.5b-instruct" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("name,task,student", [
+    ("stereoset_local_large", "stereoset", "qwen2.5-coder-0.5b-instruct"),
+    ("contractnli_local_large", "contractnli", "qwen2.5-coder-0.5b-instruct"),
+    ("stereoset_local_large_1p5b_student", "stereoset", "qwen2.5-coder-1.5b-instruct"),
+])
+def test_large_presets_load_and_name_registered_models(name, task, student):
+    from pld_spark.config import load_config
+    from pld_spark.llm.models import MODEL_REGISTRY
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "conf" / f"{name}.yaml")  # unknown keys would raise ConfigError
+    assert cfg.task.name == task
+    assert cfg.teacher.model == "qwen2.5-coder-1.5b-instruct" and cfg.student.model == student
+    for llm in (cfg.teacher, cfg.student):
+        assert llm.type == "llamacpp" and MODEL_REGISTRY[llm.model].chunks is not None
+        assert llm.n_threads is not None and llm.n_threads <= 2  # 2-core machine
+    assert cfg.extract.partitions == 1  # one teacher process holds the 1.5B model
+    s = cfg.dataset.sample
+    assert s.train and s.val and s.test  # bounded: sized for ~2 h on 2 cores
