@@ -125,14 +125,14 @@ class OpenAILLM(BaseLLM):
             body = r.json()
         except ValueError:
             raise MalformedResponseError(
-                f"{url}: HTTP {r.status_code} body is not JSON: {self._scrub(r.text[:200])!r}") from None
+                f"{url}: HTTP {r.status_code} body is not JSON: {self._scrub(r.text)[:200]!r}") from None
         if not isinstance(body, dict):
             raise MalformedResponseError(f"{url}: HTTP {r.status_code} body is not a JSON object")
         return body
 
     def _http_error(self, r, url: str) -> LLMError:
         status = r.status_code
-        detail = self._scrub((r.text or "")[:500])
+        detail = self._scrub(r.text or "")[:500]  # scrub first: a cut could keep part of the key
         msg = f"{url}: HTTP {status}: {detail}"
         if status == 429:
             return RateLimitError(msg, status=status, retry_after=parse_retry_after(r.headers.get("Retry-After")))
