@@ -71,7 +71,7 @@ def seed_examples(ctx, rows: list[dict]) -> None:
              "pair": None, "input_text": r["input_text"], "label": r["label"], "doc_id": None, "source": "test",
              "meta": None, "input_policy": "{}", "dataset_hash": h, "run_id": "seed", "ingested_at": now}
         recs.append(tuple(d[c] for c in EXAMPLES.columns))
-    ctx.store.merge("examples", ctx.spark.createDataFrame(recs, EXAMPLES.ddl))
+    ctx.store.append("examples", ctx.spark.createDataFrame(recs, EXAMPLES.ddl))  # fresh table: no merge needed
 
 
 def _user(req) -> str:
@@ -253,4 +253,4 @@ def seed_micro(ctx, examples: list[dict], invalid_ids=()) -> None:
              "injection_flag": False, "tokens_in": 50, "tokens_out": 20, "latency_s": 0.01, "attempts": 1,
              "cached": False, "error": None, "run_id": "seed", "created_at": now}
         recs.append(tuple(d[c] for c in MICRO_INSTRUCTIONS.columns))
-    ctx.store.merge("micro_instructions", ctx.spark.createDataFrame(recs, MICRO_INSTRUCTIONS.ddl))
+    ctx.store.append("micro_instructions", ctx.spark.createDataFrame(recs, MICRO_INSTRUCTIONS.ddl))

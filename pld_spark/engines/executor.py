@@ -16,6 +16,7 @@ batching bound the loss of a crash.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,11 +54,18 @@ def split_rate(rate: float | None, partitions: int) -> float | None:
     return rate / max(1, partitions)
 
 
-def worker_llm_config(llm_cfg, partitions: int):
+def worker_llm_config(llm_cfg, partitions: int, local_cores: int | None = None):
     """The config a worker builds its client from: token rate split across partitions; the
-    request rate is enforced by the executor's pacer, so the client's own is switched off."""
-    return llm_cfg.model_copy(update={"requests_per_minute": None,
-                                      "tokens_per_minute": split_rate(llm_cfg.tokens_per_minute, partitions)})
+    request rate is enforced by the executor's pacer, so the client's own is switched off.
+
+    ``local_cores`` (local Spark only): an in-process llama.cpp model without ``n_threads``
+    gets its share of the machine's cores, so concurrent workers do not oversubscribe them.
+    """
+    update: dict = {"requests_per_minute": None,
+                    "tokens_per_minute": split_rate(llm_cfg.tokens_per_minute, partitions)}
+    if local_cores and llm_cfg.type == "llamacpp" and llm_cfg.n_threads is None:
+        update["n_threads"] = max(1, local_cores // max(1, min(partitions, local_cores)))
+    return llm_cfg.model_copy(update=update)
 
 
 class RegistryClientFactory:
@@ -113,7 +121,9 @@ def map_teacher(df, *, make_request: Callable, handle: Callable, out_schema: str
     spark = df.sparkSession
     n = partitions or spark.sparkContext.defaultParallelism
     n = max(1, int(n))
-    factory = client_factory or RegistryClientFactory(worker_llm_config(llm_cfg, n))
+    local = str(spark.sparkContext.master).startswith("local")
+    factory = client_factory or RegistryClientFactory(
+        worker_llm_config(llm_cfg, n, local_cores=(os.cpu_count() or 1) if local else None))
     rpm = split_rate(requests_per_minute, n)
     columns = [f.strip().split()[0] for f in _split_ddl(out_schema)]
 

@@ -64,8 +64,7 @@ def resolve_version(ctx, ref: str | None) -> str:
     from pyspark.sql import functions as F
 
     store, task = ctx.store, ctx.cfg.task.name
-    prompts = store.read("prompts")
-    if ref and prompts.where(F.col("prompt_version") == ref).limit(1).count():
+    if ref and ref.startswith("pv-") and store.read("prompts").where(F.col("prompt_version") == ref).limit(1).count():
         return ref
     aliases = store.read("prompt_aliases").where(F.col("task") == task).collect()
     latest: dict[str, Any] = {}
@@ -74,6 +73,8 @@ def resolve_version(ctx, ref: str | None) -> str:
     for name in ([ref] if ref else ["live", "distilled", "clustered"]):
         if name in latest:
             return latest[name]
+    if ref and not ref.startswith("pv-") and store.read("prompts").where(F.col("prompt_version") == ref).limit(1).count():
+        return ref  # a version id of another naming scheme
     if ref:
         raise DataError(f"unknown prompt version or alias {ref!r} for task '{task}' (aliases: {sorted(latest)}; "
                         "versions: `pld sql query \"select prompt_version, kind, created_at from prompts\"`)")

@@ -132,3 +132,23 @@ def create_views(store) -> list[str]:
             store.spark.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {view_sql(name)}")
         created.append(name)
     return created
+
+
+VIEW_DOCS: dict[str, str] = {
+    "live_prompt_rules": "The prompt the task's `live` alias points at, one row per rule in prompt order, "
+                         "with the text as shipped.",
+    "rule_lineage": "Prompt version -> rule -> cluster -> micro-instruction -> example id (rules added by the "
+                    "conflict loop link to the examples that round showed the teacher).",
+    "prompt_reviews": "Which human reviews a prompt version applied.",
+    "prompt_metrics": "Every prompt version with its evaluations and the conflict loop's val macro-F1.",
+    "predictions_per_label_day": "Bulk-scoring volume per prompt version, condition, day and label.",
+    "run_status": "The latest status row per run.",
+}
+
+
+def markdown() -> str:
+    """A Markdown section quoting every view's SQL (for the README)."""
+    parts = ["Create the views with `pld sql init`, query them with `pld sql query \"...\"`.\n"]
+    for name in VIEW_SQL:
+        parts.append(f"#### `{name}`\n\n{VIEW_DOCS.get(name, '')}\n\n```sql\n{view_sql(name)}\n```\n")
+    return "\n".join(parts)

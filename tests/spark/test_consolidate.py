@@ -19,21 +19,6 @@ def _setup(make_ctx, *over):
     return ctx
 
 
-def test_consolidate_writes_rules_prompt_and_alias(make_ctx):
-    ctx = _setup(make_ctx)
-    cluster.run(ctx)
-    counts = consolidate.run(ctx)
-    assert counts["clusters"] == 4 and counts["teacher_calls"] == 4 and counts["by_origin"] == {"consolidate": 4}
-    rules = ctx.store.read("rules").collect()
-    assert len(rules) == 4 and all(r.task == "stereoset" and r.cluster_run_id == ctx.run_id for r in rules)
-    assert all(len(r.member_micro_ids) == r.support == 4 for r in rules)
-    p = ctx.store.read("prompts").where(F.col("prompt_version") == counts["prompt_version"]).first()
-    assert p.kind == "pld_cluster" and sorted(p.rule_ids) == sorted(r.rule_id for r in rules)
-    assert p.token_count <= p.token_budget == 1500 and p.sha256.startswith(p.prompt_version[3:])
-    assert "'nurse'" in p.text and p.text.rstrip().endswith("Output only the label.")
-    assert review.resolve_version(ctx, "clustered") == p.prompt_version
-
-
 def test_reviews_are_honoured_within_the_budget(make_ctx):
     ctx = _setup(make_ctx)
     cluster.run(ctx)

@@ -1,5 +1,6 @@
 """Rule review, prompt promotion and lookup on local Spark + Delta."""
 import pytest
+from pyspark.sql import functions as F
 
 from pld_spark.errors import DataError
 from pld_spark.pipeline import cluster, consolidate, review
@@ -13,12 +14,24 @@ def test_review_promote_show_and_list(make_ctx, monkeypatch):
                    student=KeywordStudent())
     with pytest.raises(DataError, match="has no prompt yet"):
         review.resolve_version(ctx, None)
+    with pytest.raises(DataError, match="unknown prompt version or alias 'nope'"):
+        review.resolve_version(ctx, "nope")
     rows = synthetic_examples(3, "train")
     seed_examples(ctx, rows)
     seed_micro(ctx, rows)
     cluster.run(ctx)
-    version = consolidate.run(ctx)["prompt_version"]
-    rid = ctx.store.read("rules").first().rule_id
+    counts = consolidate.run(ctx)
+    version = counts["prompt_version"]
+    # consolidate: one teacher call per cluster, rules with lineage, an immutable prompt, the 'clustered' alias
+    assert counts["clusters"] == 4 and counts["teacher_calls"] == 4 and counts["by_origin"] == {"consolidate": 4}
+    rules = ctx.store.read("rules").collect()
+    assert len(rules) == 4 and all(r.task == "stereoset" and r.cluster_run_id == ctx.run_id for r in rules)
+    assert all(len(r.member_micro_ids) == r.support == 3 for r in rules)
+    p = ctx.store.read("prompts").where(F.col("prompt_version") == version).first()
+    assert p.kind == "pld_cluster" and sorted(p.rule_ids) == sorted(r.rule_id for r in rules)
+    assert p.token_count <= p.token_budget == 1500 and p.sha256.startswith(p.prompt_version[3:])
+    assert "'nurse'" in p.text and p.text.rstrip().endswith("Output only the label.")
+    rid = rules[0].rule_id
 
     with pytest.raises(DataError, match="unknown rule id 'r-nope'"):
         review.add_review(ctx, "r-nope", "pin")

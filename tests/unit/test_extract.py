@@ -88,3 +88,11 @@ def test_pacer_and_rate_split():
     assert time.monotonic() - t0 >= 0.29
     w = worker_llm_config(CFG.teacher.model_copy(update={"requests_per_minute": 60, "tokens_per_minute": 1000}), 4)
     assert w.requests_per_minute is None and w.tokens_per_minute == 250
+
+
+def test_local_llamacpp_workers_share_the_cores():
+    w = worker_llm_config(CFG.teacher, 2, local_cores=4)
+    assert w.n_threads == 2
+    assert worker_llm_config(CFG.teacher.model_copy(update={"n_threads": 3}), 2, local_cores=4).n_threads == 3
+    assert worker_llm_config(CFG.teacher, 8, local_cores=2).n_threads == 1
+    assert worker_llm_config(CFG.teacher, 2).n_threads is None
