@@ -84,15 +84,8 @@ class LLMClient(Protocol):
     backend: str
     model_id: str
 
-    def chat(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+    def chat(self, requests: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
         """Answer a batch; never raises for a per-row failure (see ``ChatResponse.error``)."""
-
-    def _answer_many(self, reqs: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
-        """Answer cache misses (never raises per row). Engines that batch natively override this."""
-        if len(reqs) > 1 and max_in_flight > 1 and self.concurrent_requests:
-            with ThreadPoolExecutor(max_workers=min(max_in_flight, len(reqs))) as pool:
-                return list(pool.map(self._answer_as_data, reqs))
-        return [self._answer_as_data(r) for r in reqs]
 
     def chat_one(self, request: ChatRequest) -> ChatResponse:
         """Answer one request; raises the typed :class:`pld_spark.errors.LLMError` on failure."""
