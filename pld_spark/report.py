@@ -69,7 +69,7 @@ def plot_macro_f1(conditions: Sequence[dict]) -> str | None:
     colors = ["#d98b2b" if n in PLD_CONDITIONS else "#4c78a8" for n in names]
     ax.bar(names, f1, yerr=[lo, hi], capsize=6, color=colors)
     for i, v in enumerate(f1):
-        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=9)
+        ax.text(i + 0.08, v + 0.01, f"{v:.2f}", ha="left", va="bottom", fontsize=9)  # beside the CI bar
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("macro-F1 (95% CI)")
     ax.set_title("Macro-F1 by condition (same test split)")

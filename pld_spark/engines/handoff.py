@@ -27,6 +27,9 @@ def handoff_root(cfg) -> str:
     """``score.handoff_dir``, else ``<lakehouse.path>/_handoff``."""
     if cfg.score.handoff_dir:
         return cfg.score.handoff_dir.rstrip("/")
+    if cfg.lakehouse.catalog:
+        log.warning("score.handoff_dir is not set: using a driver-local folder; on a multi-node cluster set it to "
+                    "shared storage (/Volumes/<catalog>/<schema>/<volume>/handoff or dbfs:/...)")
     return str(Path(cfg.lakehouse.path).resolve() / "_handoff")
 
 

@@ -216,7 +216,8 @@ def run(ctx) -> dict[str, Any]:
 
     from pld_spark import metrics as M
     from pld_spark.pipeline.ingest import current_examples
-    from pld_spark.pipeline.score import results_to_spark, to_predictions
+    from pld_spark.engines.handoff import RESULT_DDL
+    from pld_spark.pipeline.score import RESULT_COLUMNS
     from pld_spark.report import write_report
     from pld_spark.storage.catalog import EVALUATIONS
 
@@ -237,6 +238,7 @@ def run(ctx) -> dict[str, Any]:
     engine = cfg.evaluate.engine
     results: dict[str, dict[str, Any]] = {}
     eval_rows = []
+    pred_frames = []
     model = getattr(client, "model_id", cfg.student.model)
     with contextlib.ExitStack() as stack:
         if engine == "ray" and any(c.name != "cot" for c in conds):
@@ -247,8 +249,7 @@ def run(ctx) -> dict[str, Any]:
             t1 = time.perf_counter()
             res, used_engine = _score_condition(ctx, cond, test, engine, client)
             wall = time.perf_counter() - t1
-            preds = to_predictions(results_to_spark(ctx.spark, res), cond.prompt_version, cond.name, ctx.run_id)
-            ctx.store.merge("predictions", preds, update=True)
+            pred_frames.append(res.assign(prompt_version=cond.prompt_version, condition=cond.name))
             joined = res.merge(test[["doc_id", "gold"]], on="doc_id", how="right")
             m = M.condition_metrics(joined, labels, n_resamples=cfg.evaluate.bootstrap, seed=cfg.evaluate.seed)
             cal = next((c for c in res["calibration"] if c), cfg.student.calibration) if len(res) else cfg.student.calibration
@@ -258,6 +259,18 @@ def run(ctx) -> dict[str, Any]:
             eval_rows.append(_evaluation_row(ctx, cond, m, used_engine, cal, model))
             log.info("evaluate %s: macro-F1 %.3f [%.3f, %.3f], p50 %.3fs (%d rows, %.1fs)", cond.name, m["macro_f1"],
                      m["ci_low"], m["ci_high"], m["latency_p50"] or 0.0, m["n"], wall)
+    if pred_frames:
+        # One MERGE for all conditions (each Delta commit costs seconds; the split is small).
+        import pandas as pd
+
+        allp = pd.concat(pred_frames, ignore_index=True)
+        spark_df = ctx.spark.createDataFrame(
+            allp[list(RESULT_COLUMNS) + ["prompt_version", "condition"]],
+            f"{RESULT_DDL}, prompt_version STRING, condition STRING")
+        preds = (spark_df.withColumn("probabilities", F.from_json("probabilities_json", "map<string,double>"))
+                 .drop("probabilities_json").withColumn("run_id", F.lit(ctx.run_id))
+                 .withColumn("scored_at", F.current_timestamp()))
+        ctx.store.merge("predictions", preds, update=True)
     if eval_rows:
         df = ctx.spark.createDataFrame([tuple(r[c] for c in EVALUATIONS.columns) for r in eval_rows], EVALUATIONS.ddl)
         ctx.store.merge("evaluations", df, update=True)
