@@ -206,7 +206,9 @@ def load_generic(path: str, options: dict[str, Any], columns: dict[str, str], fm
     else:
         raise DataError(f"{p}: unsupported format {kind!r}")
     seen_cols: set[str] | None = None
+    n_records = 0
     for row_no, rec in records:
+        n_records += 1
         if seen_cols is None:
             seen_cols = set(rec)
             missing = [f"{ours} -> '{col}'" for ours, col in columns.items() if col not in seen_cols]
@@ -225,6 +227,8 @@ def load_generic(path: str, options: dict[str, Any], columns: dict[str, str], fm
             doc_id=str(rec.get(columns["doc_id"])) if "doc_id" in columns else None,
             source=p.name, row_number=row_no,
         )
+    if n_records == 0 and not out.rows:
+        raise DataError(f"{p}: the file has no data rows (it is empty)")
     return out
 
 
@@ -281,17 +285,24 @@ def _iter_csv(p: Path, out: Loaded):
 
 
 def _iter_table(p: Path, kind: str, spark):
-    if kind == "parquet" and spark is None:
-        import pyarrow.parquet as pq
-
-        for i, rec in enumerate(pq.read_table(p).to_pylist(), start=1):
-            yield i, rec
-        return
-    if spark is None:
+    if spark is None and kind != "parquet":
         raise DataError(f"{p}: reading a Delta table needs a Spark session")
-    df = spark.read.format(kind).load(str(p))
-    for i, r in enumerate(df.toLocalIterator(), start=1):
-        yield i, r.asDict()
+    try:
+        if kind == "parquet" and spark is None:
+            import pyarrow.parquet as pq
+
+            for i, rec in enumerate(pq.read_table(p).to_pylist(), start=1):
+                yield i, rec
+            return
+        df = spark.read.format(kind).load(str(p))
+        for i, r in enumerate(df.toLocalIterator(), start=1):
+            yield i, r.asDict()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt or mislabelled file is bad input, not a crash
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise DataError(f"{p}: not a readable {kind} {'table' if kind == 'delta' else 'file'} "
+                        f"({type(e).__name__}: {first})") from None
 
 
 LOADERS: dict[str, Callable[..., Loaded]] = {"stereoset": load_stereoset, "contractnli": load_contractnli}
