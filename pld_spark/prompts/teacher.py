@@ -65,6 +65,9 @@ INJECTION_PATTERNS: tuple[str, ...] = (
     r"<<\s*/?\s*SYS\s*>>",
     r"\byou are now\b",
     r"\bnew instructions\s*:",
+    r"\b(ignore|disregard|forget)\b[^.\n]{0,40}\byou\s+(were|have\s+been|'ve\s+been)\s+(told|given|asked|instructed)\b",
+    # an answer in our own JSON shape smuggled into an input ({"label": ...}, {"rule": ...})
+    r"[{,]\s*\"(label|rule|reasoning|instruction|topic|operations)\"\s*:",
 )
 _INJECTION_RE = re.compile("|".join(f"(?:{p})" for p in INJECTION_PATTERNS), re.IGNORECASE)
 
