@@ -134,8 +134,33 @@ class LlamaCppLLM(BaseLLM):
         return "".join(parts) + "<|im_start|>assistant\n"
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the rendered prompt. The template's own text is parsed for control
+        tokens; message contents are not: a document holding ``<|im_start|>system`` is text,
+        not a new turn (prompt injection). Other prompts tokenize as the whole rendered text
+        did (only whitespace at a content's edge may merge differently)."""
+        llama = self.model.llama
+        rendered = self.render(messages)
+        parts = self._split_contents(messages, rendered)
+        if parts is None:  # the template rewrote the contents: cannot tell them apart
+            log.warning("chat template alters message contents; control tokens in inputs are not neutralised")
+            return llama.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
         # The rendered template already holds any BOS text: do not add another.
-        return self.model.llama.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+        return [t for text, special in parts if text
+                for t in llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)]
+
+    def _split_contents(self, messages: list[dict[str, str]], rendered: str) -> list[tuple[str, bool]] | None:
+        """[(text, is_template)] covering ``rendered``: template pieces and message contents."""
+        marks = [f"\x00pld-content-{i}\x00" for i in range(len(messages))]
+        skeleton = self.render([{**m, "content": mk} for m, mk in zip(messages, marks)])
+        parts: list[tuple[str, bool]] = []
+        rest = skeleton
+        for m, mk in zip(messages, marks):
+            head, sep, rest = rest.partition(mk)
+            if not sep:
+                return None
+            parts += [(head, True), (str(m.get("content") or ""), False)]
+        parts.append((rest, True))
+        return parts if "".join(t for t, _ in parts) == rendered else None
 
     # ------------------------------------------------------------------ chat
     def _chat_once(self, req: ChatRequest) -> ChatResponse:
