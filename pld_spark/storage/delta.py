@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Iterable
@@ -34,6 +35,17 @@ def _is_create_race(exc: BaseException) -> bool:
 
     return isinstance(exc, AnalysisException) and (exc.getCondition() or "").startswith(
         ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS"))
+
+
+def _has_commit(log_dir: Path) -> bool:
+    """A local table exists once its log holds a commit (or checkpoint). A ``_delta_log`` folder
+    without one is what a process killed while creating the table leaves behind; treating it
+    as a table would break every later command, so it is created again instead."""
+    try:
+        return any((f.suffix == ".json" and f.stem.isdigit()) or ".checkpoint." in f.name
+                   for f in log_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 class DeltaStore:
@@ -68,17 +80,42 @@ class DeltaStore:
     def exists(self, name: str) -> bool:
         if self.catalog:
             return self.spark.catalog.tableExists(self.location(name))
-        return (Path(self.location(name)) / "_delta_log").exists()
+        return _has_commit(Path(self.location(name)) / "_delta_log")
 
     # ---------------------------------------------------------------- create / read
     def ensure(self, name: str) -> None:
         """Create the table with its catalogue schema if it does not exist (idempotent, race-safe)."""
         s = spec(name)
         if not self.exists(name):
+            self._clear_orphan_log(name)
             ref = self._ref(name)
             stmt = f"CREATE TABLE IF NOT EXISTS {ref} ({s.ddl}) USING DELTA"
             self._with_retry(lambda: self.spark.sql(stmt), f"create {name}")
         self._register_view(name)
+
+    #: seconds an empty ``_delta_log`` may be another process's create in progress
+    orphan_log_grace_s: float = 10.0
+
+    def _clear_orphan_log(self, name: str) -> None:
+        """Remove a ``_delta_log`` folder that holds no commit (a create killed half-way).
+
+        Delta counts such a folder as an existing table but cannot read it, so every later
+        command would fail. Another process may be creating the table right now (it commits
+        within milliseconds), so the folder is removed only once it has stayed commit-less for
+        ``orphan_log_grace_s`` seconds."""
+        if self.catalog:
+            return
+        log_dir = Path(self.location(name)) / "_delta_log"
+        while log_dir.is_dir() and not _has_commit(log_dir):
+            try:
+                age = time.time() - log_dir.stat().st_mtime
+            except FileNotFoundError:
+                return
+            if age >= self.orphan_log_grace_s:
+                log.warning("table '%s': removing an empty _delta_log left by an interrupted create", name)
+                shutil.rmtree(log_dir, ignore_errors=True)
+                return
+            time.sleep(min(1.0, self.orphan_log_grace_s - age))
 
     def ensure_all(self, names: Iterable[str] | None = None) -> None:
         for n in names or TABLES:
