@@ -24,9 +24,15 @@ def _is_conflict(exc: BaseException) -> bool:
     Importing ``delta.exceptions`` installs Delta's converter that turns the JVM conflict
     exceptions into these Python classes (ConcurrentAppendException etc.).
     """
-    from delta.exceptions import DeltaConcurrentModificationException
+    import delta.exceptions as dx
 
-    return isinstance(exc, DeltaConcurrentModificationException)
+    # In delta-spark 4.x the concrete conflicts (ConcurrentAppendException, ...) are *not*
+    # subclasses of DeltaConcurrentModificationException: name every one of them.
+    conflicts = tuple(getattr(dx, n) for n in (
+        "DeltaConcurrentModificationException", "ConcurrentWriteException", "MetadataChangedException",
+        "ProtocolChangedException", "ConcurrentAppendException", "ConcurrentDeleteReadException",
+        "ConcurrentDeleteDeleteException", "ConcurrentTransactionException") if hasattr(dx, n))
+    return isinstance(exc, conflicts)
 
 
 def _is_create_race(exc: BaseException) -> bool:
