@@ -34,10 +34,12 @@ def validate(raw, label_names: list[str], max_text_chars: int):
 
     w = Window.partitionBy("example_id").orderBy("source", "row_number")
     df = raw.withColumn("_dup_rank", F.row_number().over(w))
+    # whitespace of any kind (tabs, newlines, no-break spaces) is empty text; trim() strips spaces only
+    blank = F.col("text").isNull() | (F.regexp_replace("text", r"(?U)\s+", "") == "")
     reason = (
         F.when(F.col("decode_error").isNotNull(), F.col("decode_error"))
         .when(F.col("example_id").isNull() | (F.trim("example_id") == ""), F.lit("missing id"))
-        .when(F.col("text").isNull() | (F.trim("text") == ""), F.lit("empty text"))
+        .when(blank, F.lit("empty text"))
         .when(F.length("text") > max_text_chars, F.concat(F.lit(f"text longer than {max_text_chars} characters ("),
                                                           F.length("text").cast("string"), F.lit(")")))
         .when(F.col("label").isNull() | ~F.col("label").isin(label_names),
@@ -47,7 +49,7 @@ def validate(raw, label_names: list[str], max_text_chars: int):
     field = (
         F.when(F.col("decode_error").isNotNull(), F.lit("text"))
         .when(F.col("example_id").isNull() | (F.trim("example_id") == ""), F.lit("id"))
-        .when(F.col("text").isNull() | (F.trim("text") == "") | (F.length("text") > max_text_chars), F.lit("text"))
+        .when(blank | (F.length("text") > max_text_chars), F.lit("text"))
         .when(F.col("label").isNull() | ~F.col("label").isin(label_names), F.lit("label"))
         .otherwise(F.lit("id"))
     )
@@ -244,4 +246,9 @@ def run(ctx) -> dict[str, Any]:
     examples.unpersist()
     rejects.unpersist()
     ctx.record.add_counts(STAGE, **counts)
+    if counts["examples"] == 0:
+        from pld_spark.errors import DataError
+
+        raise DataError(f"ingest: no usable rows in {cfg.dataset.path}: all {counts['rows_read']} rows were rejected "
+                        f"(reasons: {counts['per_reject_reason']}); see table 'rejects'")
     return counts
