@@ -121,7 +121,7 @@ def transform(clusters: dict[int, list[dict]], task, teacher, ccfg, *, max_token
         else:
             topic, instruction, raw_label = parse_consolidate(resp.data, resp.text)
             label = canonical_label(raw_label, task.label_names)
-            ok, reason = validate_rule(instruction, task.label_names)
+            ok, reason = validate_rule(instruction, task.label_names, require_label=label)
             if label is None:
                 problem = f"label {raw_label!r} is not in the label set"
             elif not ok:

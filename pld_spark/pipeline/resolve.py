@@ -137,7 +137,7 @@ def apply_operations(ruleset: RuleSet, ops: Sequence[dict], label_names: Sequenc
             diff["skipped"].append({**op, "reason": "label not in the label set"})
             continue
         text = (op.get("instruction") or "").strip()
-        ok, reason = validate_rule(text, label_names, limits=limits)
+        ok, reason = validate_rule(text, label_names, require_label=label, limits=limits)
         if not ok:
             diff["skipped"].append({**op, "reason": reason})
             continue

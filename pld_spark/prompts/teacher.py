@@ -303,10 +303,12 @@ def copy_overlap(rule: str, source: str, n: int = 3) -> float:
 
 
 def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: str | None = None,
-                  gold_label: str | None = None, limits: RuleLimits = RuleLimits()) -> tuple[bool, str | None]:
+                  gold_label: str | None = None, require_label: str | None = None,
+                  limits: RuleLimits = RuleLimits()) -> tuple[bool, str | None]:
     """-> (valid, reason). Checks: non-empty, length bounds, names a label of the label set
-    (the gold label counts even when it is not in ``label_names``), not a copy of the input,
-    no prompt-injection pattern."""
+    (the gold label counts even when it is not in ``label_names``; with ``require_label``, that
+    label), does not merely list the whole label set (3+ labels), not a copy of the input, no
+    prompt-injection pattern."""
     text = (rule or "").strip()
     if not text:
         return False, "empty rule"
@@ -315,8 +317,13 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
     if len(text) > limits.max_chars:
         return False, f"rule longer than {limits.max_chars} characters ({len(text)})"
     names = list(label_names) + ([gold_label] if gold_label and gold_label not in label_names else [])
-    if not mentioned_labels(text, names):
+    named = mentioned_labels(text, names)
+    if not named:
         return False, "rule names no label of the label set"
+    if require_label and require_label not in named:
+        return False, f"rule does not name its label '{require_label}'"
+    if len(label_names) >= 3 and set(label_names) <= set(named):
+        return False, "rule lists the whole label set instead of deciding one label"
     if input_text:
         ov = copy_overlap(text, input_text)
         if ov >= limits.max_copy_overlap and len(_WORD.findall(text.lower())) >= 4:

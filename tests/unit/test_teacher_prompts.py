@@ -78,6 +78,11 @@ def test_valid_rule_and_gold_label_counts():
     ok, _ = validate_rule("If X holds, answer other.", NAMES, gold_label="other")
     assert ok
     assert validate_rule("If X, Entailment!", NAMES, limits=RuleLimits(min_chars=50))[0] is False
+    ok, why = validate_rule("If X holds, the label is Entailment.", NAMES, require_label="Contradiction")
+    assert not ok and "does not name its label 'Contradiction'" in why
+    ok, why = validate_rule("If entailment, contradiction, not mentioned", NAMES)
+    assert not ok and "whole label set" in why
+    assert validate_rule("If A, Entailment, else Contradiction.", NAMES)[0]  # two of three labels is a rule
 
 
 def test_injection_patterns():
