@@ -49,6 +49,7 @@ class Condition:
     token_count: int = 0
     note: str = ""
     shots: list[str] = field(default_factory=list)
+    label_system: str = ""  # cot: the prompt the label is scored with after the reasoning
 
 
 # ----------------------------------------------------------------------------- prompts per condition
@@ -90,7 +91,8 @@ def build_conditions(ctx, count_tokens, train=None) -> tuple[list[Condition], di
         if name in ("zero_shot", "cot"):
             a = _assembled(cfg.task, count_tokens)
             text = a.text if name == "zero_shot" else a.text + "\n\n" + COT_INSTRUCTION
-            conds.append(Condition(name, _version(text), text, name, count_tokens(text)))
+            note = "" if name == "zero_shot" else f"reasoning up to {cfg.evaluate.cot_max_tokens} tokens, then the label"
+            conds.append(Condition(name, _version(text), text, name, count_tokens(text), note, label_system=a.text))
         elif name == "few_shot":
             if train is None or len(train) == 0:
                 skipped[name] = "no train examples for the shots"
@@ -140,9 +142,10 @@ def store_prompts(ctx, conds: Sequence[Condition]) -> None:
 
 # ----------------------------------------------------------------------------- scoring
 def cot_batch(client, batch, system: str, labels: Sequence[str], calibration: str | None, max_tokens: int,
-              run_id: str):
-    """Chain-of-thought scoring of one batch: a short generated reasoning per input, then the
-    label by constrained label scoring of input + reasoning (so it is always in the set).
+              run_id: str, label_system: str | None = None):
+    """Chain-of-thought scoring of one batch: a short generated reasoning per input (with
+    ``system``), then the label by constrained label scoring of input + reasoning with
+    ``label_system`` (default ``system``), so the label is always in the set.
 
     Latency and tokens add both calls. The chat's template version carries the run id, so
     the response cache never serves a reasoning measured in another run."""
@@ -159,7 +162,7 @@ def cot_batch(client, batch, system: str, labels: Sequence[str], calibration: st
     reasoned["input_text"] = [
         (f"{texts[i]}\nReasoning: {responses[i].text.strip()}" if i in responses and responses[i].ok else texts[i])
         for i in range(len(texts))]
-    scored = score_batch(client, reasoned, system, labels, calibration)
+    scored = score_batch(client, reasoned, label_system or system, labels, calibration)
     rows = scored.to_dict("records")
     for i, r in enumerate(rows):
         resp = responses.get(i)
@@ -185,7 +188,8 @@ def _score_condition(ctx, cond: Condition, inputs, engine: str, client):
         import pandas as pd
 
         parts = [cot_batch(client, inputs.iloc[i:i + size], cond.text, labels, cfg.student.calibration,
-                           cfg.evaluate.cot_max_tokens, ctx.run_id) for i in range(0, len(inputs), size)]
+                           cfg.evaluate.cot_max_tokens, ctx.run_id, cond.label_system)
+                 for i in range(0, len(inputs), size)]
         return pd.concat(parts, ignore_index=True), "local"
     if engine == "ray":
         df = ctx.spark.createDataFrame(inputs[["doc_id", "input_text"]], "doc_id STRING, input_text STRING")
