@@ -370,8 +370,12 @@ def score_with_ray(ctx, df, n_rows: int, system: str, chunk_name: str):
     ho.write_input(df, h, num_files=max(rc.num_actors, min(64, math.ceil(n_rows / (rc.batch_size * 4)))))
     kwargs = {"llm_cfg": cfg.student, "system": system, "labels": cfg.task.label_names,
               "calibration": cfg.student.calibration, "num_cpus": rc.num_cpus_per_actor, "arrow_output": True}
-    stats = map_parquet_with_actors(ho.ray_path(h.input_path), ho.ray_path(h.output_path), StudentScorer, kwargs,
-                                    rc, n_rows)
+    try:
+        stats = map_parquet_with_actors(ho.ray_path(h.input_path), ho.ray_path(h.output_path), StudentScorer, kwargs,
+                                        rc, n_rows)
+    except Exception as e:  # noqa: BLE001 - Ray wraps actor failures in its own classes; re-raised typed
+        raise StageError(f"score: the Ray actor pool failed on {chunk_name} ({n_rows} rows): {type(e).__name__}: "
+                         f"{str(e)[:1500]}; chunks merged before this one are kept, a re-run resumes") from e
     return ho.read_output(ctx.spark, h), stats, h
 
 
