@@ -195,35 +195,10 @@ def response_json(data: dict | None, text: str | None) -> dict | None:
         return obj if isinstance(obj, dict) else None
     except (ValueError, TypeError):
         pass
-    start = text.find("{")
-    while start != -1:
-        depth = 0
-        in_str = esc = False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_str:
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == '"':
-                    in_str = False
-            elif ch == '"':
-                in_str = True
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    try:
-                        obj = json.loads(text[start: i + 1])
-                        if isinstance(obj, dict):
-                            return obj
-                    except ValueError:
-                        pass
-                    break
-        start = text.find("{", start + 1)
-    return None
+    from pld_spark.llm.jsonparse import first_json_object
+
+    found = first_json_object(text)
+    return json.loads(found) if found else None
 
 
 def _str_field(obj: dict | None, key: str) -> str:
