@@ -35,12 +35,18 @@ def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, conflicts)
 
 
+#: another process is creating the table right now (its ``_delta_log`` exists, its first commit
+#: has not landed yet), so Delta sees a folder that is "not empty and not a Delta table"
+_CREATE_IN_PROGRESS = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+
+
 def _is_create_race(exc: BaseException) -> bool:
-    """Two processes creating the same table: the loser sees the table already exists."""
+    """Two processes creating the same table: the loser sees the table already exists, or sees
+    the winner's folder before its first commit."""
     from pyspark.errors import AnalysisException
 
     return isinstance(exc, AnalysisException) and (exc.getCondition() or "").startswith(
-        ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS"))
+        ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS", _CREATE_IN_PROGRESS))
 
 
 def _has_commit(log_dir: Path) -> bool:
@@ -100,7 +106,7 @@ class DeltaStore:
         self._register_view(name)
 
     #: seconds an empty ``_delta_log`` may be another process's create in progress
-    orphan_log_grace_s: float = 10.0
+    orphan_log_grace_s: float = 60.0
 
     def _clear_orphan_log(self, name: str) -> None:
         """Remove a ``_delta_log`` folder that holds no commit (a create killed half-way).
