@@ -1,0 +1,85 @@
+"""ray_runtime start/stop decisions, with Ray's entry points recorded (no cluster started).
+
+The real local start is covered by tests/integration/test_ray_score.py; Ray on Spark needs a
+Databricks or standalone Spark cluster, so its call sequence is checked here."""
+import pytest
+
+from pld_spark.config import RayConfig
+from pld_spark.engines import ray as ray_engine
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    import ray
+    import ray.util.spark as ray_spark
+
+    log = []
+    state = {"up": False}
+
+    def init(**kw):
+        log.append(("init", kw))
+        state["up"] = True
+
+    def shutdown():
+        log.append(("shutdown", {}))
+        state["up"] = False
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(ray_spark, "setup_ray_cluster",
+                        lambda **kw: log.append(("setup_ray_cluster", kw)) or ("10.0.0.1:6379", "ray://10.0.0.1:10001"))
+    monkeypatch.setattr(ray_spark, "shutdown_ray_cluster", lambda: log.append(("shutdown_ray_cluster", {})))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return log, state
+
+
+def test_local_start_and_stop(calls):
+    log, _ = calls
+    with ray_engine.ray_runtime(RayConfig(num_actors=2, num_cpus_per_actor=1.0)) as rt:
+        assert rt == {"mode": "local", "started": True, "num_cpus": 3}
+    assert [c[0] for c in log] == ["init", "shutdown"]
+    kw = log[0][1]
+    assert kw["num_cpus"] == 3 and kw["include_dashboard"] is False and kw["log_to_driver"] is False
+    assert "address" not in kw
+
+
+def test_existing_runtime_is_left_running(calls):
+    log, state = calls
+    state["up"] = True
+    with ray_engine.ray_runtime(RayConfig()) as rt:
+        assert rt["mode"] == "existing"
+    assert log == []
+
+
+def test_address_connects_and_disconnects(calls, monkeypatch):
+    log, _ = calls
+    with ray_engine.ray_runtime(RayConfig(address="ray://head:10001")) as rt:
+        assert rt["mode"] == "address"
+    assert log == [("init", {"address": "ray://head:10001", "log_to_driver": False}), ("shutdown", {})]
+    log.clear()
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with ray_engine.ray_runtime(RayConfig()) as rt:
+        assert rt["mode"] == "address"
+    assert log[0] == ("init", {"address": "auto", "log_to_driver": False})
+
+
+def test_ray_on_spark_setup_and_teardown_even_on_error(calls):
+    log, _ = calls
+    cfg = RayConfig(setup_on_spark=True, spark_max_worker_nodes=4, spark_num_cpus_worker_node=8, num_gpus_per_actor=0.5)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ray_engine.ray_runtime(cfg) as rt:
+            assert rt["mode"] == "spark" and rt["address"] == "10.0.0.1:6379"
+            raise RuntimeError("boom")
+    assert [c[0] for c in log] == ["setup_ray_cluster", "init", "shutdown", "shutdown_ray_cluster"]
+    assert log[0][1] == {"max_worker_nodes": 4, "num_cpus_worker_node": 8, "num_gpus_worker_node": 1}
+    assert log[1][1]["address"] == "10.0.0.1:6379"
+
+
+def test_default_worker_nodes_is_all_of_the_cluster(calls):
+    from ray.util.spark import MAX_NUM_WORKER_NODES
+
+    log, _ = calls
+    with ray_engine.ray_runtime(RayConfig(setup_on_spark=True)):
+        pass
+    assert log[0][1] == {"max_worker_nodes": MAX_NUM_WORKER_NODES}
