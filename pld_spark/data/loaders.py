@@ -300,7 +300,14 @@ def _iter_table(p: Path, kind: str, spark):
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt or mislabelled file is bad input, not a crash
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        detail = str(e)
+        jx = getattr(e, "java_exception", None)  # py4j: the Java message says what was wrong
+        if jx is not None:
+            try:
+                detail = str(jx.toString())
+            except Exception:  # noqa: BLE001 - keep the Python message
+                pass
+        first = (detail.strip().splitlines() or [""])[0][:300]
         raise DataError(f"{p}: not a readable {kind} {'table' if kind == 'delta' else 'file'} "
                         f"({type(e).__name__}: {first})") from None
 
