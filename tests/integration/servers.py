@@ -313,3 +313,335 @@ class LlamaCppServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# =============================================================================== reliability helpers
+# Additive helpers for the reliability tests and bench/reliability.py: a teacher/student stand-in
+# that answers every request shape of the pipeline (so whole `pld` commands run against a real
+# loopback server quickly), faults that echo request headers (to prove keys are scrubbed), and
+# `pld` subprocesses in their own process group (so kill -9 takes the JVM and workers with it).
+
+ECHO_FAULTS = ("echo_headers", "echo_headers_200", "echo_auth_cut500", "echo_auth_cut200")
+
+
+def schema_answer(schema: dict[str, Any] | None, text: str, labels: Sequence[str]) -> dict[str, Any]:
+    """A valid JSON answer for a pipeline request schema, built from the request's text.
+
+    The label is the one after ``Correct label:`` in the prompt, else the label named most
+    often, else the first. Strings get a checkable rule naming that label; arrays are empty
+    (a resolve round with no edits); enums take their first value.
+    """
+    import re as _re
+
+    m = (_re.search(r"Correct label:\s*([\w-]+)", text)
+         or _re.search(r"most point to \"([\w-]+)\"", text))
+    label = m.group(1) if m and m.group(1) in labels else None
+    if label is None:
+        counts = {lab: len(_re.findall(r"(?<![\w-])" + _re.escape(lab) + r"(?![\w-])", text, _re.I)) for lab in labels}
+        label = max(labels, key=lambda lab: (counts[lab], -list(labels).index(lab))) if labels else "label"
+    rule = f"If the sentence is mainly about a group defined by {label}, the label is {label}."
+    out: dict[str, Any] = {}
+    for key, prop in ((schema or {}).get("properties") or {}).items():
+        if "enum" in prop:
+            out[key] = prop["enum"][0]
+        elif prop.get("type") == "array":
+            out[key] = []
+        elif key == "label":
+            out[key] = label
+        elif key == "topic":
+            out[key] = f"{label} cues"
+        elif key == "reasoning":
+            out[key] = f"The sentence is about {label}."
+        else:
+            out[key] = rule
+    return out
+
+
+class PipelineServer(FaultServer):
+    """A :class:`FaultServer` whose healthy answers fit every pipeline request (no upstream).
+
+    - requests with a ``response_format`` schema get :func:`schema_answer` (extract,
+      consolidate, resolve);
+    - other requests (student classify) get a label as text, with first-token
+      ``top_logprobs`` when asked for them;
+    - ``latency_s``: each healthy answer takes this long (a paid call is not instant, so a
+      kill -9 can land in the middle of a batch);
+    - extra faults ``echo_headers`` (HTTP 500 whose body echoes every request header, the
+      ``Authorization`` one included) and ``echo_headers_200`` (HTTP 200 with that echo as a
+      non-JSON body): a careless client would copy the API key into its error message;
+      ``echo_auth_cut500`` / ``echo_auth_cut200`` put the key 20 characters before the 500th
+      / 200th character of a non-JSON body (HTTP 500 / 200), where a client that cuts the body
+      before scrubbing it keeps a piece of the key.
+
+    ``answered(kind)`` counts requests per request kind (``extract``, ``consolidate``,
+    ``resolve``, ``classify``, ``other``) and :meth:`keys` gives the example key of each
+    request (see :func:`request_key`).
+    """
+
+    def __init__(self, faults: Sequence[str] = (), *, labels: Sequence[str] = ("gender", "profession", "race",
+                                                                                "religion"),
+                 latency_s: float = 0.0, **kw):
+        bad = [f for f in faults if f not in FAULT_KINDS + ECHO_FAULTS]
+        if bad:
+            raise ValueError(f"unknown fault(s) {bad}; known: {FAULT_KINDS + ECHO_FAULTS}")
+        super().__init__((), **kw)
+        self.script = list(faults)
+        self.labels = list(labels)
+        self.latency_s = latency_s
+
+    def _healthy(self, handler, raw: bytes, req: dict) -> None:
+        if self.upstream:
+            return super()._healthy(handler, raw, req)
+        if self.latency_s:
+            self._stop.wait(self.latency_s)
+        text = "\n".join(str(m.get("content", "")) for m in req.get("messages") or [] if isinstance(m, dict))
+        rf = req.get("response_format") or {}
+        model = str(req.get("model") or "pipeline-server")
+        if rf:
+            schema = rf.get("schema") or (rf.get("json_schema") or {}).get("schema")
+            handler._send(200, completion_body(json.dumps(schema_answer(schema, text, self.labels)), model=model))
+            return
+        user = next((str(m.get("content", "")) for m in reversed(req.get("messages") or [])
+                     if isinstance(m, dict) and m.get("role") == "user"), "")
+        label = schema_answer({"properties": {"label": {"type": "string"}}}, user, self.labels)["label"]
+        body = completion_body(label, model=model, completion_tokens=1)
+        if req.get("logprobs"):
+            top = [{"token": lab, "logprob": (-0.1 if lab == label else -3.0 - i)} for i, lab in enumerate(self.labels)]
+            body["choices"][0]["logprobs"] = {"content": [{"token": label, "logprob": -0.1, "top_logprobs": top}]}
+        handler._send(200, body)
+
+    def _respond(self, handler, fault: str, raw: bytes, req: dict) -> None:
+        if fault in ("echo_auth_cut500", "echo_auth_cut200"):
+            auth = handler.headers.get("Authorization", "")  # "Bearer <key>": the key starts 7 characters in
+            cut = 500 if fault.endswith("500") else 200
+            text = "x" * (cut - 20 - 7) + auth + " <- your credentials"
+            handler._send(cut if cut == 500 else 200, text.encode())
+            return
+        if fault in ECHO_FAULTS:
+            echo = "; ".join(f"{k}: {v}" for k, v in handler.headers.items())
+            if fault == "echo_headers":
+                handler._send(500, {"error": {"message": f"upstream failed for request with headers {echo}"}})
+            else:
+                handler._send(200, f"<html>proxy error, your request headers were: {echo}</html>".encode())
+            return
+        super()._respond(handler, fault, raw, req)
+
+    def answered(self, kind: str | None = None) -> int | dict[str, int]:
+        """Requests per kind (or for one kind)."""
+        with self._lock:
+            kinds = Counter(request_kind(e["body"]) for e in self.log)
+        return kinds.get(kind, 0) if kind else dict(kinds)
+
+    def keys(self) -> list[str]:
+        """The example key of every logged request, in arrival order."""
+        with self._lock:
+            return [request_key(e["body"]) for e in self.log]
+
+
+def request_kind(body: dict[str, Any]) -> str:
+    """Which pipeline call a chat request is: extract, consolidate, resolve, classify or other."""
+    msgs = body.get("messages") or []
+    text = "\n".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict))
+    props = set((((body.get("response_format") or {}).get("schema") or {}).get("properties") or {}))
+    if {"topic", "instruction"} <= props:
+        return "consolidate"
+    if "operations" in props:
+        return "resolve"
+    if {"reasoning", "rule"} <= props or "Correct label:" in text:
+        return "extract"
+    if body.get("logprobs") or "Output only the label" in text or props == {"label"}:
+        return "classify"
+    return "other"
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """What a request is about: the input shown to the model (extract: the ``Input:`` block;
+    classify: the user message), plus ``#repair`` for a JSON repair follow-up. Two requests with
+    the same key are the same paid call made twice."""
+    import re as _re
+
+    msgs = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    user = next((str(m.get("content", "")) for m in msgs if m.get("role") == "user"), "")
+    m = _re.search(r"\nInput:\n(.*?)\n\nCorrect label:", user, _re.S)
+    key = m.group(1) if m else user
+    if any(m.get("role") == "assistant" for m in msgs):
+        key += "#repair"
+    return key
+
+
+# ------------------------------------------------------------------------------- `pld` subprocesses
+PLD_BIN = str(Path(sys.executable).with_name("pld"))
+
+
+def pld_args(command: Sequence[str], config: str | Path, sets: Iterable[str] = (), verbose: bool = False) -> list[str]:
+    """The argv of a ``pld`` command with ``--config`` and ``--set`` overrides."""
+    out = [PLD_BIN] + (["-v"] if verbose else []) + list(command) + ["--config", str(config)]
+    for s in sets:
+        out += ["--set", s]
+    return out
+
+
+def pld_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a ``pld`` subprocess: one llama.cpp thread, this interpreter for Spark workers."""
+    import os
+
+    env = dict(os.environ)
+    env.update({"PLD_LLAMA_THREADS": "1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+class PldProcess:
+    """One ``pld`` command in its own process group (session), output captured to files.
+
+    :meth:`kill9` sends SIGKILL to the whole group: the Python driver, its Spark JVM and the
+    JVM's Python workers die at once, like a lost node. Only this process's own group is
+    signalled (its id is the child's pid).
+    """
+
+    def __init__(self, argv: Sequence[str], *, cwd: str | Path, env: dict[str, str] | None = None,
+                 log_prefix: str | Path | None = None):
+        self.argv = list(argv)
+        self.cwd = Path(cwd)
+        prefix = Path(log_prefix) if log_prefix else self.cwd / f"pld-{int(time.time() * 1000)}"
+        self.stdout_path = prefix.with_name(prefix.name + ".out")
+        self.stderr_path = prefix.with_name(prefix.name + ".err")
+        self._out = open(self.stdout_path, "wb")
+        self._err = open(self.stderr_path, "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, cwd=str(self.cwd), env=env or pld_env(), stdout=self._out,
+                                     stderr=self._err, start_new_session=True)
+        self.killed = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise
+        finally:
+            if self.proc.poll() is not None:
+                self._close()
+        self._reap_group()
+        return rc
+
+    def kill9(self) -> None:
+        """SIGKILL the process group, then wait for the leader and the rest of the group."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.killed = True
+        self.proc.wait(timeout=30)
+        self._reap_group()
+        self._close()
+
+    def _reap_group(self, timeout: float = 20.0) -> None:
+        """Wait until no process of this group is left (the JVM may outlive the driver briefly);
+        SIGKILL stragglers of this group only."""
+        import os
+        import signal
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _close(self) -> None:
+        for fh in (self._out, self._err):
+            if not fh.closed:
+                fh.close()
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def __enter__(self) -> "PldProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.kill9()
+        else:
+            self._reap_group(timeout=5)
+            self._close()
+
+
+def run_pld(argv: Sequence[str], *, cwd: str | Path, env: dict[str, str] | None = None, timeout: float = 900,
+            log_prefix: str | Path | None = None) -> PldProcess:
+    """Run a ``pld`` command to completion; returns the finished :class:`PldProcess`."""
+    p = PldProcess(argv, cwd=cwd, env=env, log_prefix=log_prefix)
+    p.wait(timeout=timeout)
+    return p
+
+
+def has_traceback(text: str) -> bool:
+    """Whether a Python traceback reached the output."""
+    return "Traceback (most recent call last)" in text
+
+
+def wait_for_requests(srv: FaultServer, proc: PldProcess, target: int, timeout: float = 900.0) -> None:
+    """Block until ``srv`` has seen ``target`` requests or ``proc`` has exited."""
+    deadline = time.monotonic() + timeout
+    while srv.requests < target and proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no progress: {srv.requests} requests, waiting for {target}\n{proc.stderr[-2000:]}")
+        time.sleep(0.05)
+
+
+def kill_and_resume(srv: FaultServer, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None, rng: random.Random,
+                    kills: int, max_step: int, count_rows, before_run=None, delay_s: float = 0.5,
+                    log_prefix: str = "run", timeout: float = 1800.0) -> list[dict[str, Any]]:
+    """Start ``argv``, SIGKILL its process group ``kills`` times, then run it to the end.
+
+    Each kill lands after a random 1..``max_step`` server requests into the run plus a random
+    0..``delay_s`` seconds. Returns one record per run: ``killed``, ``rc``, ``requests`` made
+    during the run, ``rows`` (``count_rows()`` after it; reading the table after a kill is itself
+    the check that it is not corrupt), ``extra`` (what ``before_run()`` returned before the start),
+    ``stdout`` and ``stderr``. Raises AssertionError if a run ends before its kill, or the last
+    run fails.
+    """
+    runs = []
+    for i in range(kills + 1):
+        extra = before_run() if before_run else None
+        start_req = srv.requests
+        proc = PldProcess(argv, cwd=cwd, env=env, log_prefix=Path(cwd) / f"{log_prefix}{i}")
+        if i < kills:
+            wait_for_requests(srv, proc, start_req + rng.randint(1, max_step), timeout=timeout)
+            time.sleep(rng.uniform(0.0, delay_s))
+            if proc.poll() is not None:
+                raise AssertionError(f"run {i} ended (rc {proc.poll()}) before kill {i + 1}; use more rows\n"
+                                     f"{proc.stderr[-2000:]}")
+            proc.kill9()
+            rc = None
+        else:
+            rc = proc.wait(timeout=timeout)
+            if rc != 0:
+                raise AssertionError(f"the resumed run failed (rc {rc}):\n{proc.stderr[-3000:]}")
+        runs.append({"killed": i < kills, "rc": rc, "requests": srv.requests - start_req, "rows": count_rows(),
+                     "extra": extra, "stdout": proc.stdout, "stderr": proc.stderr})
+    return runs
