@@ -41,12 +41,14 @@ _CREATE_IN_PROGRESS = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
 
 
 def _is_create_race(exc: BaseException) -> bool:
-    """Two processes creating the same table: the loser sees the table already exists, or sees
-    the winner's folder before its first commit."""
+    """Two processes creating the same table: the loser sees the table already exists, sees
+    the winner's folder before its first commit, or finds no table in a log being written."""
     from pyspark.errors import AnalysisException
 
     return isinstance(exc, AnalysisException) and (exc.getCondition() or "").startswith(
-        ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS", _CREATE_IN_PROGRESS))
+        ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS", _CREATE_IN_PROGRESS,
+         # seen in CI: the loser's CREATE IF NOT EXISTS read the winner's log mid-create
+         "DELTA_TABLE_NOT_FOUND"))
 
 
 def _has_commit(log_dir: Path) -> bool:
@@ -97,13 +99,17 @@ class DeltaStore:
     # ---------------------------------------------------------------- create / read
     def ensure(self, name: str) -> None:
         """Create the table with its catalogue schema if it does not exist (idempotent, race-safe)."""
-        s = spec(name)
-        if not self.exists(name):
-            self._clear_orphan_log(name)
-            ref = self._ref(name)
-            stmt = f"CREATE TABLE IF NOT EXISTS {ref} ({s.ddl}) USING DELTA"
-            self._with_retry(lambda: self.spark.sql(stmt), f"create {name}")
-        self._register_view(name)
+        stmt = f"CREATE TABLE IF NOT EXISTS {self._ref(name)} ({spec(name).ddl}) USING DELTA"
+
+        def _do():
+            # check, create and register in one retried step: another process may be creating
+            # the same table between any two of them
+            if not self.exists(name):
+                self._clear_orphan_log(name)
+                self.spark.sql(stmt)
+            self._register_view(name)
+
+        self._with_retry(_do, f"create {name}")
 
     #: seconds an empty ``_delta_log`` may be another process's create in progress
     orphan_log_grace_s: float = 60.0
