@@ -85,8 +85,14 @@ class OpenAILLM(BaseLLM):
     def session(self):
         if self._session is None:
             import requests
+            from requests.adapters import HTTPAdapter
 
             self._session = requests.Session()
+            # keep a pooled connection per concurrent request (requests' default pool is 10; at
+            # 16 or 64 in flight the rest were opened and dropped per call, a TLS handshake each)
+            pool = max(10, self.max_concurrency)
+            for scheme in ("http://", "https://"):
+                self._session.mount(scheme, HTTPAdapter(pool_connections=4, pool_maxsize=pool))
         return self._session
 
     def close(self) -> None:

@@ -56,3 +56,16 @@ def test_label_logprobs_from_top_tokens():
     assert lp["profession"] == pytest.approx(math.log(0.15))  # two prefix tokens summed
     assert lp["religion"] < math.log(0.05)  # unseen: below everything seen
     assert label_logprobs_from_top([{"token": "The", "logprob": -0.1}], LABELS) is None
+
+
+def test_connection_pool_holds_every_concurrent_request():
+    """requests' default pool keeps 10 connections; at 64 in flight the rest were dropped per call."""
+    from pld_spark.config import LLMConfig
+    from pld_spark.llm.registry import build_client
+
+    for n, want in ((64, 64), (4, 10)):
+        c = build_client(LLMConfig(type="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                                   extra={"max_in_flight": n}), role="teacher")
+        assert c.session.get_adapter("http://127.0.0.1:9/v1")._pool_maxsize == want
+        assert c.session.get_adapter("https://example.com/v1")._pool_maxsize == want
+        c.close()
