@@ -599,6 +599,42 @@ def run_pld(argv: Sequence[str], *, cwd: str | Path, env: dict[str, str] | None 
     return p
 
 
+def seed_prompt(ctx, rules=(), kind: str = "test", count_tokens=None) -> str:
+    """Assemble a student prompt from ``rules`` (PromptRule) and store it in ``prompts`` the way
+    consolidate does, so `pld score --prompt-version` can use it; -> its version."""
+    from datetime import datetime, timezone
+
+    from pld_spark.prompts.student import assemble
+    from pld_spark.storage.catalog import PROMPTS
+
+    p = assemble(ctx.cfg.task, list(rules), **({"count_tokens": count_tokens} if count_tokens else {}))
+    row = {"prompt_version": p.version, "task": ctx.cfg.task.name, "kind": kind, "text": p.text,
+           "sha256": p.sha256, "parent_version": None, "rule_ids": p.rule_ids, "dropped_rule_ids": [],
+           "review_ids": [], "token_count": p.token_count, "token_budget": 0, "run_id": "seed",
+           "created_at": datetime.now(timezone.utc)}
+    ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(row[c] for c in PROMPTS.columns)], PROMPTS.ddl))
+    return p.version
+
+
+def run_pld_inprocess(argv: Sequence[str], capfd) -> tuple[int, str, str]:
+    """Run a ``pld`` command in this process through ``pld_spark.cli.main``, reusing the test's
+    Spark session (no JVM start). -> (exit code, stdout, stderr), captured at the file-descriptor
+    level (``capfd``), so what the JVM writes to stderr is seen too. Tests that need a process of
+    its own (kills, concurrent writers) use :func:`run_pld`."""
+    from pld_spark import cli
+
+    args = list(argv)
+    if args and args[0] == PLD_BIN:
+        args = args[1:]
+    capfd.readouterr()
+    try:
+        rc = cli.main(args)
+    except SystemExit as e:  # argparse errors
+        rc = e.code if isinstance(e.code, int) else 2
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
 def has_traceback(text: str) -> bool:
     """Whether a Python traceback reached the output."""
     return "Traceback (most recent call last)" in text

@@ -1,20 +1,22 @@
-"""Bad input through the real `pld` command: every bad row lands in ``rejects`` with a reason;
+"""Bad input through the `pld` command: every bad row lands in ``rejects`` with a reason;
 every bad file makes the command exit 2 with one ``error:`` line naming the file and the
 problem, and no Python traceback.
 
+The commands run in this process through ``pld_spark.cli.main`` (the test's Spark session, no
+JVM start per command; output captured at the file-descriptor level, JVM included), and one
+bad file also through a real ``pld`` subprocess, to show the same at the process boundary.
 The corpus is tests/data/bad_inputs/ (see its README) plus a 5 MB document generated here.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CONF, REPO
-from tests.integration.servers import has_traceback, pld_args, run_pld
+from tests.integration.servers import has_traceback, pld_args, run_pld, run_pld_inprocess, seed_prompt
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -35,19 +37,8 @@ def _ctx(spark, sets):
     return RunContext(load_config(CONF / "stereoset.yaml", sets), command="test").replace(spark=spark)
 
 
-def _run_all(jobs, tmp_path, parallel: int = 3):
-    """Run ``(name, argv)`` jobs, a few at a time; -> {name: finished PldProcess}."""
-    def one(job):
-        name, argv = job
-        return name, run_pld(argv, cwd=tmp_path, log_prefix=tmp_path / name, timeout=900)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return dict(pool.map(one, jobs))
-
-
-def _assert_clean_failure(proc, *must_contain: str) -> str:
-    err = proc.stderr
-    assert proc.proc.returncode == 2, (proc.proc.returncode, err[-2000:])
+def _assert_clean_failure(rc: int, err: str, *must_contain: str) -> str:
+    assert rc == 2, (rc, err[-2000:])
     assert not has_traceback(err), err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err[-2000:]
@@ -56,7 +47,7 @@ def _assert_clean_failure(proc, *must_contain: str) -> str:
     return lines[0]
 
 
-def test_bad_rows_land_in_rejects_with_a_reason(spark, tmp_path):
+def test_bad_rows_land_in_rejects_with_a_reason(spark, tmp_path, capfd):
     from pyspark.sql import functions as F
 
     rows_path = tmp_path / "rows_plus_huge.jsonl"
@@ -66,12 +57,13 @@ def test_bad_rows_land_in_rejects_with_a_reason(spark, tmp_path):
                              "label": "race", "split": "train"}) + "\n")
     assert rows_path.stat().st_size > HUGE_CHARS
     jsonl_sets, csv_sets = _sets(tmp_path, rows_path), _sets(tmp_path, BAD / "rows.csv")
-    done = _run_all([("jsonl", pld_args(["ingest"], CONF / "stereoset.yaml", jsonl_sets)),
-                     ("csv", pld_args(["ingest"], CONF / "stereoset.yaml", csv_sets))], tmp_path, parallel=1)
-    for p in done.values():
-        assert p.proc.returncode == 0, p.stderr[-3000:]
-        assert not has_traceback(p.stderr)
-    counts = json.loads(done["jsonl"].stdout)["ingest"]
+    outs = {}
+    for name, sets in (("jsonl", jsonl_sets), ("csv", csv_sets)):
+        rc, out, err = run_pld_inprocess(pld_args(["ingest"], CONF / "stereoset.yaml", sets), capfd)
+        assert rc == 0, err[-3000:]
+        assert not has_traceback(err)
+        outs[name] = out
+    counts = json.loads(outs["jsonl"])["ingest"]
     assert counts["rows_read"] == 16 and counts["examples"] == 4 and counts["rejects"] == 12
 
     ctx = _ctx(spark, jsonl_sets)
@@ -115,21 +107,7 @@ def test_bad_rows_land_in_rejects_with_a_reason(spark, tmp_path):
                                                                                                "c-good-2"}
 
 
-def _seed_prompt(ctx) -> str:
-    from datetime import datetime, timezone
-
-    from pld_spark.prompts.student import assemble
-    from pld_spark.storage.catalog import PROMPTS
-
-    p = assemble(ctx.cfg.task)
-    row = {"prompt_version": p.version, "task": ctx.cfg.task.name, "kind": "test", "text": p.text,
-           "sha256": p.sha256, "parent_version": None, "rule_ids": [], "dropped_rule_ids": [], "review_ids": [],
-           "token_count": p.token_count, "token_budget": 0, "run_id": "seed", "created_at": datetime.now(timezone.utc)}
-    ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(row[c] for c in PROMPTS.columns)], PROMPTS.ddl))
-    return p.version
-
-
-def test_bad_files_fail_with_one_clear_message_and_no_traceback(spark, tmp_path):
+def test_bad_files_fail_with_one_clear_message_and_no_traceback(spark, tmp_path, capfd):
     missing = tmp_path / "no_such_dir" / "train.jsonl"
     ingest_cases = {
         "missing_column": (BAD / "missing_column.jsonl", ["missing_column.jsonl", "missing column(s) label"]),
@@ -142,7 +120,7 @@ def test_bad_files_fail_with_one_clear_message_and_no_traceback(spark, tmp_path)
         "missing_file": (missing, [str(missing), "dataset file not found", "How to get it"]),
     }
     base = _sets(tmp_path, BAD / "rows.jsonl")
-    version = _seed_prompt(_ctx(spark, base))
+    version = seed_prompt(_ctx(spark, base))
     score_cases = {
         "score_dup_ids": (BAD / "docs_duplicate_ids.jsonl", ["docs_duplicate_ids.jsonl", "duplicate doc_id", "d1"]),
         "score_no_id": (BAD / "docs_no_id.jsonl", ["docs_no_id.jsonl", "needs columns doc_id"]),
@@ -154,9 +132,14 @@ def test_bad_files_fail_with_one_clear_message_and_no_traceback(spark, tmp_path)
     jobs += [(name, pld_args(["score", "--prompt-version", version, "--input", str(path)], CONF / "stereoset.yaml",
                              base + ["score.engine=local"]))
              for name, (path, _) in score_cases.items()]
-    done = _run_all(jobs, tmp_path)
+    must = {name: m for name, (_, m) in {**ingest_cases, **score_cases}.items()}
     messages = {}
-    for name, (_, must) in {**ingest_cases, **score_cases}.items():
-        messages[name] = _assert_clean_failure(done[name], *must)
+    for name, argv in jobs:
+        rc, _, err = run_pld_inprocess(argv, capfd)
+        messages[name] = _assert_clean_failure(rc, err, *must[name])
+    # the same at the process boundary: a real `pld` process (own JVM), exit 2, one line, no traceback
+    name, argv = next(j for j in jobs if j[0] == "not_parquet")
+    p = run_pld(argv, cwd=tmp_path, log_prefix=tmp_path / name, timeout=600)
+    assert _assert_clean_failure(p.proc.returncode, p.stderr, *must[name]) == messages[name]
     print("\n" + "\n".join(f"{k}: {v}" for k, v in messages.items()))
     assert Path(tmp_path / "lakehouse").exists()
