@@ -3,7 +3,6 @@ queries and the notebooks against the lakehouse it produced (real embedded model
 + Delta, real Ray for the score task)."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -101,18 +100,27 @@ def test_lineage_reaches_examples_for_every_rule(spark, small_run):
     assert lin <= ex
 
 
-@pytest.mark.parametrize("name", ["01_rule_tables_sql.ipynb", "02_compare_prompt_versions.ipynb"])
-def test_notebooks_execute(small_run, name, monkeypatch):
+NOTEBOOKS = ["01_rule_tables_sql.ipynb", "02_compare_prompt_versions.ipynb"]
+
+
+def test_notebooks_execute(small_run, monkeypatch):
+    """Both notebooks, top to bottom, one after the other in one kernel (one Spark JVM, as a
+    user would run them in one session); each part must print its views and raise nothing."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("PLD_CONFIG", str(REPO / "conf" / "stereoset.yaml"))
     monkeypatch.setenv("PLD_LAKEHOUSE", str(small_run))
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
-    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    parts = [nbformat.read(REPO / "notebooks" / name, as_version=4) for name in NOTEBOOKS]
+    nb = parts[0].copy()
+    nb.cells = [c for part in parts for c in part.cells]
+    owner = [name for name, part in zip(NOTEBOOKS, parts) for _ in part.cells]
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(REPO)}})
     client.execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "views:" in outputs
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    for name in NOTEBOOKS:
+        cells = [c for c, o in zip(nb.cells, owner) if o == name and c.cell_type == "code"]
+        outputs = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+        assert "views:" in outputs, name
+        errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, (name, errors)

@@ -17,7 +17,7 @@ from pld_spark.pipeline import ingest, score
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
-N_ROWS = 200
+N_ROWS = 120
 SHORT_PROMPT = ("Classify the social bias category of the sentence.\nLabels: gender, profession, race, religion.\n"
                 "Answer with exactly one label.")
 
@@ -52,7 +52,7 @@ def test_ray_scoring_writes_every_row_once_and_resumes(make_ctx, backend_set):
                                       "score.ray.batch_size=16", *backend_set])
     ingest.run(ctx)
     n = ingest.current_examples(ctx, "test").count()
-    assert 180 <= n <= 230
+    assert 0.9 * N_ROWS <= n <= 1.15 * N_ROWS
     add_prompt(ctx, "pv-short", SHORT_PROMPT, alias="live")
 
     t0 = time.perf_counter()
