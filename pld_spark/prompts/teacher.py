@@ -277,6 +277,11 @@ def copy_overlap(rule: str, source: str, n: int = 3) -> float:
     return sum(g in src for g in grams) / len(grams)
 
 
+#: the rule form in our templates is "If <condition about the input>, the label is <label>.";
+#: small teachers copy it back verbatim, with <> or [] (seen: "If [condition about the input] is true")
+_PLACEHOLDER = re.compile(r"[<\[{]\s*(?:condition|label|the label|input)\b[^>\]}]{0,40}[>\]}]", re.I)
+
+
 def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: str | None = None,
                   gold_label: str | None = None, require_label: str | None = None,
                   limits: RuleLimits = RuleLimits()) -> tuple[bool, str | None]:
@@ -305,6 +310,8 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
             return False, f"rule copies the input ({ov:.0%} of its word trigrams)"
         if len(text) >= 20 and text.lower() in (input_text or "").lower():
             return False, "rule is a verbatim span of the input"
+    if _PLACEHOLDER.search(text):
+        return False, "rule keeps the template's placeholder instead of a condition"
     if injection_flag(text):
         return False, "rule contains a prompt-injection pattern"
     return True, None

@@ -98,3 +98,18 @@ def test_copy_overlap_and_truncate():
     assert copy_overlap("the cat sat on the mat", "yesterday the cat sat on the mat quietly") == 1.0
     assert copy_overlap("dogs run fast", "the cat sat") == 0.0
     assert truncate("abc", 10) == "abc" and len(truncate("a" * 100, 40)) <= 40
+
+
+def test_rule_that_keeps_the_template_placeholder_is_invalid():
+    """Seen with the 135M teacher on ContractNLI: the template's form copied back verbatim."""
+    from pld_spark.prompts.teacher import validate_rule
+
+    labels = ["Entailment", "Contradiction", "NotMentioned"]
+    for rule in ("If [condition about the input] is true, the label is NotMentioned.",
+                 "If <condition about the input>, the label is Entailment.",
+                 "If the contract names a recipient, the label is <label>. Entailment"):
+        ok, why = validate_rule(rule, labels)
+        assert not ok and "placeholder" in why, (rule, why)
+    ok, why = validate_rule("If the contract lets the recipient keep copies [for archival], the label is "
+                            "Entailment.", labels)
+    assert ok, why
