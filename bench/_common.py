@@ -120,7 +120,14 @@ def model_facts(llm_cfg) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The command as typed from the cwd (interpreter path relative when it is below the cwd)."""
+    exe = sys.executable
+    try:
+        rel = os.path.relpath(exe)
+        exe = rel if not rel.startswith("..") else exe
+    except ValueError:
+        pass
+    return " ".join(shlex.quote(a) for a in [exe, *sys.argv])
 
 
 class Timer:

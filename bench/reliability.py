@@ -187,26 +187,12 @@ def phase_faults(spark, work: Path, args) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ kills
-def _seed_prompt(ctx) -> str:
-    from datetime import datetime, timezone
-
-    from pld_spark.prompts.student import PromptRule, assemble
-    from pld_spark.storage.catalog import PROMPTS
-
-    p = assemble(ctx.cfg.task, [PromptRule("r-prof", "profession", "If a job is named, the label is profession.")])
-    row = {"prompt_version": p.version, "task": ctx.cfg.task.name, "kind": "bench", "text": p.text,
-           "sha256": p.sha256, "parent_version": None, "rule_ids": p.rule_ids, "dropped_rule_ids": [],
-           "review_ids": [], "token_count": p.token_count, "token_budget": 0, "run_id": "seed",
-           "created_at": datetime.now(timezone.utc)}
-    ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(row[c] for c in PROMPTS.columns)], PROMPTS.ddl))
-    return p.version
-
-
 def phase_kills(spark, work: Path, args) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from tests.distill_fakes import seed_examples, synthetic_examples
-    from tests.integration.servers import PipelineServer, kill_and_resume, pld_args, pld_env, request_key
+    from pld_spark.prompts.student import PromptRule
+    from tests.integration.servers import PipelineServer, kill_and_resume, pld_args, pld_env, request_key, seed_prompt
 
     out: dict[str, Any] = {}
     rng = random.Random(args.seed)
@@ -255,7 +241,8 @@ def phase_kills(spark, work: Path, args) -> dict[str, Any]:
             "student.type=openai", "student.model=student", f"student.base_url={srv.url}", "student.max_retries=0",
             "score.engine=local", f"score.chunk_rows={chunk}", "score.ray.batch_size=2"]
         ctx = _ctx(spark, sets)
-        version = _seed_prompt(ctx)
+        version = seed_prompt(ctx, [PromptRule("r-prof", "profession", "If a job is named, the label is profession.")],
+                              kind="bench")
         docs = d / "docs.jsonl"
         words = ["nurse", "mother", "somali", "bible", "plumber", "bride", "chemist", "hindu"]
         texts = {f"doc-{i:04d}": f"Context: The {words[i % len(words)]} arrived.\nSentence: The "
