@@ -17,7 +17,7 @@ from pld_spark.pipeline import ingest, score
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
-N_ROWS = 120
+N_ROWS = 200  # "a few hundred rows with 2 actors" (issue 5)
 SHORT_PROMPT = ("Classify the social bias category of the sentence.\nLabels: gender, profession, race, religion.\n"
                 "Answer with exactly one label.")
 
