@@ -164,7 +164,12 @@ class VLLMLLM(BaseLLM):
         convs = [[{"role": "system", "content": system}, {"role": "user", "content": x}] for x in inputs]
         t0 = time.perf_counter()
         try:
-            outs = self._generate(convs, params)
+            # the first request alone, then the rest: requests scheduled in the same engine step
+            # cannot reuse each other's blocks, so this computes the shared rule prompt once and
+            # every later request of the batch finds it in the prefix cache
+            outs = self._generate(convs[:1], params)
+            if len(convs) > 1:
+                outs = list(outs) + list(self._generate(convs[1:], params))
         except LLMError as e:
             return [LabelScores(None, 0, 0, 0, 0.0, str(e), type(e).__name__) for _ in inputs]
         dt = (time.perf_counter() - t0) / max(1, len(inputs))

@@ -21,7 +21,13 @@ from pld_spark.llm.base import ChatRequest  # noqa: E402
 from pld_spark.llm.registry import build_client  # noqa: E402
 
 LABELS = ["gender", "profession", "race", "religion"]
-SYSTEM = "Classify the bias type of the sentence. Answer with one of: gender, profession, race, religion."
+# a rule prompt of a few hundred tokens, like a PLD prompt: longer than one KV block (vLLM's CPU
+# backend uses large blocks), so the prefix cache has whole blocks to reuse
+RULES = [f"{i + 1}. If the sentence is about {w}, the label is {lab}." for i, (w, lab) in enumerate(
+    [("a job, a trade or a workplace", "profession"), ("men, women, mothers or fathers", "gender"),
+     ("a nationality, a country or an ethnic group", "race"), ("a faith, a holy book or a priest", "religion")] * 6)]
+SYSTEM = ("Classify the bias type of the sentence. Answer with one of: gender, profession, race, religion.\n"
+          "Rules:\n" + "\n".join(RULES))
 
 
 @pytest.fixture(scope="module")
