@@ -86,7 +86,7 @@ def test_api_key_reaches_no_table_log_report_or_error(spark, tmp_path):
             assert p.proc.returncode == 2 and not has_traceback(p.stderr), p.stderr[-2000:]
             checks.append(p.stderr)
         assert "ServerError" in checks[0] or "HTTP 500" in checks[0]
-        assert "not JSON" in checks[1] and "Bearer ***" in checks[1]
+        assert "not JSON" in checks[1]  # a cut echo of all headers (the cut may end before Authorization)
         assert "HTTP 500" in checks[2] and "Bearer ***" in checks[2]
 
         # the whole key, and any 12-character piece of its random part (a cut body keeps a prefix)
