@@ -53,7 +53,13 @@ def test_ray_scoring_writes_every_row_once_and_resumes(make_ctx, backend_set):
     ingest.run(ctx)
     n = ingest.current_examples(ctx, "test").count()
     assert 0.9 * N_ROWS <= n <= 1.15 * N_ROWS
-    add_prompt(ctx, "pv-short", SHORT_PROMPT, alias="live")
+    # other backends (vLLM on CPU keeps KV blocks of hundreds of tokens) get a rule prompt longer
+    # than one block, or the prefix cache has nothing to reuse
+    prompt = SHORT_PROMPT if not backend_set else SHORT_PROMPT + "\nRules:\n" + "\n".join(
+        f"- If the sentence mentions {w}, the label is {lab}." for w, lab in
+        [("a job or a workplace", "profession"), ("men, women or parents", "gender"),
+         ("a country or an ethnic group", "race"), ("a faith or a holy book", "religion")] * 8)
+    add_prompt(ctx, "pv-short", prompt, alias="live")
 
     t0 = time.perf_counter()
     first = score.run(ctx)  # default: alias 'live', the current test split
