@@ -106,10 +106,10 @@ def run_bench(args) -> dict:
         with ctx:
             for name in STAGES:
                 fn = importlib.import_module(f"pld_spark.pipeline.{name}").run
-                u0, t0, s0 = _usage(ctx), _client_stats(ctx, "teacher"), _client_stats(ctx, "student")
+                u0, s0 = _usage(ctx), _client_stats(ctx, "student")
                 with Timer() as tm:
                     out = fn(ctx)
-                u1, t1, s1 = _usage(ctx), _client_stats(ctx, "teacher"), _client_stats(ctx, "student")
+                u1, s1 = _usage(ctx), _client_stats(ctx, "student")
                 student = _delta(s1, s0)
                 rec = _delta(u1, u0)
                 if name == "evaluate":  # evaluate folds the student's usage into the run record
