@@ -22,8 +22,8 @@ $(STAMP): setup.py | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pld run --config $(CONFIG)
 	$(BIN)/pld ingest --config conf/contractnli.yaml
+	$(BIN)/pld run --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
