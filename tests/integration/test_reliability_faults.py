@@ -147,11 +147,17 @@ def test_extract_at_20_percent_faults_every_example_once_and_rerun_completes(spa
         rerun_ids = {rows2[eid].run_id for eid in errored}
         assert len(rerun_ids) == 1 and rerun_ids != {rows1[next(iter(errored))].run_id}
         assert len(log2) == sum(rows2[eid].attempts for eid in errored)
-        # completed, except a row whose real answer is itself bad JSON twice (deterministic, no fault involved)
+        # completed, except rows whose real answer is itself bad JSON, before and after its repair:
+        # with faults off, such a row's two requests were both answered by the model ("ok"), and it
+        # fails the same way on every run (temperature 0). SmolLM2 does this for about 8% of
+        # extraction prompts at max_tokens 56, so the bound is on the train set, not on `errored`.
+        per_ex2 = _calls_by_example(log2, key_to_id)
         still = {eid for eid in errored if rows2[eid].error is not None}
         for eid in still:
             assert rows2[eid].error.startswith("MalformedResponseError"), rows2[eid].error
-        assert len(still) <= max(1, len(errored) // 4), {eid: rows2[eid].error for eid in still}
+            assert per_ex2[eid]["main"] == ["ok"] and per_ex2[eid]["repair"] == ["ok"], (eid, per_ex2[eid])
+        assert len(still) <= len(train) // 5, {eid: rows2[eid].error for eid in still}
+        assert len(errored - still) >= 1, "the re-run completed none of the errored rows"
         print(f"\nfaults injected {faults1}; requests run1={len(log1)} run2={len(log2)}; examples={len(train)}; "
               f"errored after run1={len(errored)}; after run2={len(still)}")
     finally:
