@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= conf/stereoset.yaml
 PYTEST_ARGS ?=
+# `make test` runs on two xdist workers: one module (the Ray modules together) is one unit of
+# work, the heaviest modules start first (tests/conftest.py). PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 .PHONY: run test install test-unit test-spark test-integration test-vllm bench clean
 
@@ -26,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/pld run --config $(CONFIG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -42,6 +42,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.6",
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

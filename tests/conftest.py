@@ -11,6 +11,61 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 
+# Seconds per module in a serial run (`make test PYTEST_ARGS=--durations=60`, 2 cores, 2026-11-27),
+# heaviest first. `make test` runs two xdist workers; each module is one unit of work (its module
+# fixtures are built once) and the heaviest start first, so no long module is left for the end.
+# Modules not listed are lighter and keep collection order after these.
+HEAVY_MODULES = {
+    "tests/integration/test_reliability_kills.py": 381,
+    "tests/integration/test_reliability_concurrency.py": 295,
+    "tests/integration/test_reliability_faults.py": 234,
+    "tests/integration/test_jobs_sql_notebooks.py": 210,
+    "tests/integration/test_distill_real_model.py": 121,
+    "tests/integration/test_reliability_secrets.py": 112,
+    "tests/integration/test_ray_score.py": 101,
+    "tests/integration/test_reliability_bad_input.py": 77,
+    "tests/integration/test_reliability_injection.py": 52,
+}
+# Modules that start a real local Ray cluster form one unit, so two clusters never compete.
+RAY_MODULES = {"tests/integration/test_ray_score.py", "tests/integration/test_jobs_sql_notebooks.py"}
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _unit(nodeid: str) -> str:
+    m = _module(nodeid)
+    return "ray" if m in RAY_MODULES else m
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heaviest modules first (units are handed out in this order, see --no-loadscope-reorder);
+    the Ray modules next to each other, so their unit keeps module fixtures built once."""
+    first = {u: i for i, u in enumerate(dict.fromkeys(_unit(it.nodeid) for it in items))}
+    weight: dict[str, int] = {}
+    for m in dict.fromkeys(_module(it.nodeid) for it in items):
+        weight[_unit(m)] = weight.get(_unit(m), 0) + HEAVY_MODULES.get(m, 0)
+    items.sort(key=lambda it: (-weight[_unit(it.nodeid)], first[_unit(it.nodeid)]))
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pragma: no cover - xdist is in the dev extra; without it tests run serially
+    pass
+else:
+    class _ModuleScheduling(LoadScopeScheduling):
+        """One unit of work per test module (the Ray modules share one). Not `--dist loadgroup`
+        with xdist_group marks: on pytest 9.2 xdist 3.8 can no longer tag node ids with the group
+        (pytest-dev/pytest-xdist#1386), so every test silently became its own unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return _ModuleScheduling(config, log)
+
+
 def _want_nlp() -> bool:
     # Spark NLP's jar for Spark 4 is not on Maven Central (see README); opt in where it resolves.
     return os.environ.get("PLD_TEST_SPARK_NLP", "0") == "1"
