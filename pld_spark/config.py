@@ -153,6 +153,8 @@ class ExtractConfig(_Model):
     max_in_flight: int = Field(4, ge=1, description="Concurrent teacher requests per Spark partition.")
     partitions: int | None = Field(None, ge=1, description="Spark partitions for the teacher map (default: spark parallelism).")
     max_error_rate: float = Field(0.2, ge=0, le=1, description="Fail the stage if more than this share of rows errored.")
+    claim: bool = Field(True, description="Claim each batch in extract_claims before calling the teacher, so "
+                        "overlapping runs split the pending rows instead of both paying for them.")
     max_input_chars: int = Field(6000, ge=100, description="Input characters shown to the teacher (prompt tokens cost).")
     rule_min_chars: int = Field(12, ge=1, description="Shorter rules are kept but marked invalid.")
     rule_max_chars: int = Field(600, ge=20, description="Longer rules are kept but marked invalid (they cost student prompt tokens).")

@@ -20,6 +20,17 @@ starts. A crash therefore loses only the chunk in flight: at most one batch of p
 repeated by the resumed run. On a cluster raise ``batch_size`` (e.g. 1-5k) so each Spark job
 keeps every executor busy; the loss bound grows with it.
 
+Overlapping runs. Two runs started on the same lakehouse (a scheduled job and a manual one)
+list the same pending rows. Before a batch's calls, a run claims its ids in ``extract_claims``
+(one MERGE on the resume key: Delta serialises concurrent commits, so each id has one owner)
+and sends only the ids it owns; the ids another run claimed are skipped and counted in
+``claimed_elsewhere``. A claim made before this run started belongs to a run that finished or
+died (or to the one batch an older run still had in flight) and is taken over, so a resumed run
+never waits and two overlapping runs pay for at most one batch twice. Ids skipped because a
+run that then died had claimed them stay pending for the next run. ``extract.claim=false``
+turns this off. Claim times come from each driver's clock, so drivers on different hosts
+need synchronised clocks (NTP) for the "before this run started" test.
+
 Error budget: when more than ``extract.max_error_rate`` of this run's calls failed, the stage
 raises :class:`pld_spark.errors.StageError` naming the counts (already-written rows stay).
 It stops early as soon as the budget can no longer be met.
@@ -131,6 +142,31 @@ def pending_ids(examples, micro, teacher_model: str, template_version: str) -> l
     return sorted(r.example_id for r in rows)
 
 
+def claim(store, ids: list[str], teacher_model: str, template_version: str, run_id: str,
+          run_started: datetime) -> list[str]:
+    """Claim ``ids`` for ``run_id`` in ``extract_claims`` -> the ids this run owns, in order.
+
+    New ids are inserted; an id claimed before ``run_started`` is taken over; an id another run
+    claimed since this run started stays theirs.
+    """
+    from pyspark.sql import functions as F
+
+    from pld_spark.storage.catalog import EXTRACT_CLAIMS
+
+    if not ids:
+        return []
+    now = datetime.now(timezone.utc)
+    spark = store.spark
+    store.merge("extract_claims",
+                spark.createDataFrame([(i, teacher_model, template_version, run_id, now) for i in ids],
+                                      EXTRACT_CLAIMS.ddl),
+                update=True, update_when=F.col("t.claimed_at") < F.lit(run_started))
+    owned = {r.example_id for r in store.read("extract_claims").where(
+        (F.col("teacher_model") == teacher_model) & (F.col("template_version") == template_version)
+        & (F.col("run_id") == run_id) & F.col("example_id").isin(ids)).select("example_id").collect()}
+    return [i for i in ids if i in owned]
+
+
 def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Extract rules for the pending train examples in crash-safe batches (see module doc)."""
     from pyspark.sql import functions as F
@@ -142,11 +178,12 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     ecfg = cfg.extract
     tm, tv = teacher_model_id(cfg.teacher), ecfg.template_version
     examples = current_examples(ctx, "train").select(*INPUT_COLUMNS)
+    started = datetime.now(timezone.utc)  # claims older than this belong to runs that ended (or died)
     micro = store.read("micro_instructions")
     todo = pending_ids(examples, micro, tm, tv)
     n_train = examples.count()
     counts: dict[str, Any] = {"train_examples": n_train, "already_done": n_train - len(todo), "sent": 0, "ok": 0,
-                              "errors": 0, "invalid": 0, "injection_flags": 0, "batches": 0,
+                              "errors": 0, "invalid": 0, "injection_flags": 0, "batches": 0, "claimed_elsewhere": 0,
                               "teacher_model": tm, "template_version": tv}
     log.info("extract: %d train examples, %d pending for (%s, %s)", n_train, len(todo), tm, tv)
     parallelism = ecfg.partitions or spark.sparkContext.defaultParallelism
@@ -154,6 +191,15 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     try:
         for start in range(0, len(todo), ecfg.batch_size):
             chunk = todo[start: start + ecfg.batch_size]
+            if ecfg.claim:
+                mine = claim(store, chunk, tm, tv, ctx.run_id, started)
+                counts["claimed_elsewhere"] += len(chunk) - len(mine)
+                if len(mine) < len(chunk):
+                    log.info("extract: %d of %d ids in this batch are claimed by another running extract; "
+                             "skipped", len(chunk) - len(mine), len(chunk))
+                chunk = mine
+                if not chunk:
+                    continue
             part = examples.where(F.col("example_id").isin(chunk))
             mapped = transform(part, cfg, client_factory=client_factory,
                                partitions=max(1, min(parallelism, len(chunk))))

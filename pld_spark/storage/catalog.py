@@ -79,6 +79,12 @@ MICRO_INSTRUCTIONS = _t("micro_instructions", """
     run_id STRING, created_at TIMESTAMP""", keys=("example_id", "teacher_model", "template_version"),
     doc="One teacher rule per train example (or its error).")
 
+EXTRACT_CLAIMS = _t("extract_claims", """
+    example_id STRING, teacher_model STRING, template_version STRING, run_id STRING,
+    claimed_at TIMESTAMP""", keys=("example_id", "teacher_model", "template_version"),
+    doc="Which extract run is paying for an example's teacher call, so two overlapping runs split the work "
+        "instead of both paying for it (a claim made before a run started is taken over by it).")
+
 INSTRUCTION_CLUSTERS = _t("instruction_clusters", """
     cluster_run_id STRING, micro_id STRING, example_id STRING, label STRING, cluster_id INT,
     cluster_size INT, label_purity DOUBLE, dist_to_centroid DOUBLE, embedder STRING, clusterer STRING,

@@ -194,12 +194,13 @@ class DeltaStore:
         else:
             df.write.format("delta").mode("append").save(self.location(name))
 
-    def merge(self, name: str, df, update: bool = True) -> None:
+    def merge(self, name: str, df, update: bool = True, update_when=None) -> None:
         """Idempotent upsert on the table's natural keys.
 
         ``update=False`` inserts only rows whose key is new (first write wins), which is what
-        resumable stages want: re-running never rewrites a paid result.
-        Duplicate keys inside ``df`` are collapsed (last one in the frame's order wins).
+        resumable stages want: re-running never rewrites a paid result. ``update_when`` (a
+        Column or SQL string over ``t.`` target and ``s.`` source) updates a matched row only
+        where it holds. Duplicate keys inside ``df`` are collapsed (last one in the frame's order wins).
         """
         from delta.tables import DeltaTable
 
@@ -215,7 +216,7 @@ class DeltaStore:
                    else DeltaTable.forPath(self.spark, self.location(name)))
             m = tbl.alias("t").merge(src.alias("s"), cond)
             if update:
-                m = m.whenMatchedUpdateAll()
+                m = m.whenMatchedUpdateAll(condition=update_when)
             m.whenNotMatchedInsertAll().execute()
 
         self._with_retry(_do, f"merge {name}")

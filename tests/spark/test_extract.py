@@ -78,3 +78,50 @@ def test_errors_are_rows_retried_later_and_budget_fails_loudly(make_ctx, tmp_pat
     assert again["sent"] == 3 and again["errors"] == 0
     rows = _micro(ctx).collect()
     assert len(rows) == 8 and all(r.error is None for r in rows)
+
+
+def test_ids_claimed_by_a_running_extract_are_skipped_and_stale_claims_are_taken_over(make_ctx, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from pld_spark.storage.catalog import EXTRACT_CLAIMS
+
+    ctx = _ctx(make_ctx)
+    seed_examples(ctx, synthetic_examples(2, "train"))  # 8 examples, batches of 4
+    tm, tv = extract.teacher_model_id(ctx.cfg.teacher), "extract-v1"
+    ids = sorted(f"train-{lab}-{i}" for lab in ("gender", "profession", "race", "religion") for i in range(2))
+    now = datetime.now(timezone.utc)
+    live, stale = ids[:3], ids[3:5]
+    # `live`: claimed by another extract after this one starts (a claim time in the future stands
+    # for that); `stale`: claimed an hour ago by a run that died before writing them
+    claims = [(i, tm, tv, "run-live", now + timedelta(hours=1)) for i in live] + \
+             [(i, tm, tv, "run-dead", now - timedelta(hours=1)) for i in stale]
+    ctx.store.merge("extract_claims", ctx.spark.createDataFrame(claims, EXTRACT_CLAIMS.ddl))
+    calls = str(tmp_path / "calls.txt")
+    out = extract.run(ctx, client_factory=TeacherFactory(calls))
+    assert out["sent"] == 5 and out["claimed_elsewhere"] == 3
+    assert sorted(calls_list(calls)) == ids[3:]  # the live run's ids were not paid for here
+    owners = {r.example_id: r.run_id for r in ctx.store.read("extract_claims").collect()}
+    assert owners == {**{i: "run-live" for i in live}, **{i: ctx.run_id for i in ids[3:]}}
+    # the live run's ids stay pending: its own run writes them, or the next run takes them over
+    assert extract.pending_ids(ctx.store.read("examples"), ctx.store.read("micro_instructions"), tm, tv) == live
+    # with claims off, a run sends them regardless
+    assert extract.run(_ctx(make_ctx, "extract.claim=false"), client_factory=TeacherFactory(calls))["sent"] == 3
+
+
+def test_two_runs_claiming_the_same_ids_at_once_split_them(make_ctx):
+    """Two claimers on threads of one Spark session race their MERGEs into extract_claims:
+    Delta serialises the commits, so every id ends owned by exactly one of them."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timezone
+
+    ctx = _ctx(make_ctx)
+    ctx.store.ensure("extract_claims")
+    started = datetime.now(timezone.utc)
+    ids = [f"ex-{i:02d}" for i in range(24)]
+    with ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(extract.claim, ctx.store, ids, "m", "v", run, started) for run in ("run-a", "run-b")]
+        got = {run: f.result() for run, f in zip(("run-a", "run-b"), futs)}
+    assert not set(got["run-a"]) & set(got["run-b"]), got
+    assert sorted(got["run-a"] + got["run-b"]) == ids
+    owners = {r.example_id: r.run_id for r in ctx.store.read("extract_claims").collect()}
+    assert owners == {**{i: "run-a" for i in got["run-a"]}, **{i: "run-b" for i in got["run-b"]}}
