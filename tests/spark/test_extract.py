@@ -108,9 +108,10 @@ def test_ids_claimed_by_a_running_extract_are_skipped_and_stale_claims_are_taken
     assert extract.run(_ctx(make_ctx, "extract.claim=false"), client_factory=TeacherFactory(calls))["sent"] == 3
 
 
-def test_two_runs_claiming_the_same_ids_at_once_split_them(make_ctx):
+def test_two_runs_claiming_the_same_ids_at_once_give_each_id_one_owner(make_ctx):
     """Two claimers on threads of one Spark session race their MERGEs into extract_claims:
-    Delta serialises the commits, so every id ends owned by exactly one of them."""
+    Delta serialises the commits, so every id ends owned by exactly one of them (with the
+    same start time neither takes over the other's claims, so one run usually owns them all)."""
     from concurrent.futures import ThreadPoolExecutor
     from datetime import datetime, timezone
 
