@@ -78,3 +78,33 @@ class BadRequestError(FatalLLMError):
 
 class ContextLengthError(FatalLLMError):
     """The prompt does not fit the model's context window."""
+
+
+class ModelCrashError(PLDError):
+    """A process running a model died from a signal (SIGILL, SIGSEGV, SIGKILL by the OOM killer...).
+
+    Raised on the driver when a Spark task or a Ray actor holding a model dies; the message
+    names the model, the signal and the likely cause and fix (:mod:`pld_spark.engines.crash`)."""
+
+    def __init__(self, message: str, *, signal_name: str | None = None, model: str | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.model = model
+
+
+class UnsupportedCPUError(FatalLLMError):
+    """This CPU lacks instructions the installed llama.cpp build needs (checked before loading)."""
+
+
+class SparkSetupError(PLDError):
+    """Spark could not start, e.g. its Maven packages (Delta) could not be resolved."""
+
+
+class DriftDetected(PLDError):
+    """Scoring finished and is stored, but a scored day crossed a ``drift.*`` threshold (table
+    ``drift_daily``). ``pld`` exits with status 3 on it, so a scheduled job can alert; ``days`` maps
+    each drifted day (ISO date) to the thresholds it crossed."""
+
+    def __init__(self, message: str, *, days: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.days = dict(days or {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,21 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     formatter: Any = None
     loads: int = 1
+    budget: Any = None  # pld_spark.llm.threads.ThreadBudget
+
+    def refresh_threads(self) -> None:
+        """Follow this process's share of the host (only for a host-share budget): call with
+        ``lock`` held, before using the model."""
+        from pld_spark.llm.threads import host_share
+
+        if self.budget is None or self.budget.source != "host-share":
+            return
+        now = host_share()
+        if now.n != self.budget.n:
+            self.llama._ctx.set_n_threads(now.n, now.n)
+            self.llama.n_threads = self.llama.n_threads_batch = now.n
+            log.info("%s: threads %d -> %s", self.path.name, self.budget.n, now.describe())
+        self.budget = now
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -58,25 +72,39 @@ def _llama_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(path: Path, n_ctx: int, n_threads: int | None, seed: int = 0,
                extra: dict[str, Any] | None = None) -> LoadedModel:
-    """The process-wide ``Llama`` for these parameters, loading it on first use."""
+    """The process-wide ``Llama`` for these parameters, loading it on first use.
+
+    Threads: ``n_threads`` if set, else this process's share of the host's cores
+    (:mod:`pld_spark.llm.threads`), re-read before each call (:meth:`LoadedModel.refresh_threads`).
+    Before the first load the CPU is checked for the instructions the portable build uses
+    (:mod:`pld_spark.llm.cpu`), so an unsupported CPU is an error, not a SIGILL."""
     global LOAD_COUNT
-    threads = n_threads or int(os.environ.get("PLD_LLAMA_THREADS", 0)) or os.cpu_count() or 1
-    kw = _llama_kwargs(extra or {})
-    key = (str(path), n_ctx, threads, seed, tuple(sorted((k, repr(v)) for k, v in kw.items())))
+    extra = extra or {}
+    kw = _llama_kwargs(extra)
+    key = (str(path), n_ctx, n_threads, seed, tuple(sorted((k, repr(v)) for k, v in kw.items())))
     with _MODELS_LOCK:
         m = _MODELS.get(key)
         if m is not None:
             return m
+        from pld_spark import supervisor
+        from pld_spark.llm.cpu import require_supported_cpu
+        from pld_spark.llm.threads import register_model_process, thread_budget
+
+        require_supported_cpu()
         from llama_cpp import Llama
 
+        register_model_process()
+        budget = thread_budget(n_threads, str(extra.get("threads_source", "config")))
+        supervisor.note_model(str(path), budget.describe())
         t0 = time.perf_counter()
-        llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=seed,
+        llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=budget.n, n_threads_batch=budget.n, seed=seed,
                       logits_all=False, verbose=False, **kw)
         load_s = time.perf_counter() - t0
         LOAD_COUNT += 1
-        m = LoadedModel(llama=llama, path=Path(path), load_s=load_s, n_ctx=n_ctx, formatter=_formatter(llama))
+        m = LoadedModel(llama=llama, path=Path(path), load_s=load_s, n_ctx=n_ctx, formatter=_formatter(llama),
+                        budget=budget)
         _MODELS[key] = m
-        log.info("loaded %s in %.2fs (n_ctx=%d, threads=%d)", path.name, load_s, n_ctx, threads)
+        log.info("loaded %s in %.2fs (n_ctx=%d, %s)", path.name, load_s, n_ctx, budget.describe())
         return m
 
 
@@ -99,6 +127,7 @@ class LlamaCppLLM(BaseLLM):
     """In-process llama.cpp client. See the module docstring."""
 
     backend = "llamacpp"
+    can_embed = True
 
     def __init__(self, cfg, role: str = "student", cache=None, **kw):
         from pld_spark.llm.models import resolve_model_path
@@ -170,6 +199,7 @@ class LlamaCppLLM(BaseLLM):
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         with m.lock:
+            m.refresh_threads()
             n_prompt = len(self.prompt_tokens(req.messages))
             if n_prompt >= m.n_ctx:
                 raise ContextLengthError(f"prompt has {n_prompt} tokens; the context window is {m.n_ctx} (n_ctx)")
@@ -227,6 +257,7 @@ class LlamaCppLLM(BaseLLM):
         longest = max(len(t) for t in label_toks.values())
         out: list[LabelScores] = []
         with m.lock:
+            m.refresh_threads()
             for x in inputs:
                 t0 = time.perf_counter()
                 toks = self.prompt_tokens([{"role": "system", "content": system}, {"role": "user", "content": x}])
@@ -276,6 +307,7 @@ class LlamaCppLLM(BaseLLM):
             return []
         t0 = time.perf_counter()
         with m.lock:
+            m.refresh_threads()
             vecs = m.llama.embed([t if t.strip() else " " for t in texts], normalize=True, truncate=True)
         self._bump(calls=1, latency_s=time.perf_counter() - t0)
         return [list(map(float, v)) for v in vecs]
@@ -285,4 +317,7 @@ class LlamaCppLLM(BaseLLM):
         s["model_loaded"] = self.loaded
         s["model_load_s"] = round(self._loaded.load_s, 3) if self._loaded else None
         s["model_path"] = str(self.model_path)
+        if self._loaded is not None and self._loaded.budget is not None:
+            s["threads"] = self._loaded.budget.n
+            s["threads_source"] = self._loaded.budget.describe()
         return s

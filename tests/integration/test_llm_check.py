@@ -37,14 +37,11 @@ def test_cli_llm_check_student_with_embedded_model():
 
 def test_check_builds_from_config_without_spark():
     from pld_spark.config import load_config
-    from pld_spark.context import RunContext
     from pld_spark.llm.check import check
 
     cfg = load_config(REPO / "conf" / "stereoset.yaml", ["student.n_threads=1", "student.max_tokens=6"])
-    ctx = RunContext(cfg, command="llm check")
-    res = check(ctx, "student", prompt="Say yes.")
+    res = check(cfg, "student", prompt="Say yes.")
     assert res["reply"].strip() and res["tokens_out"] <= 6
-    # no lazily built member was touched: no Spark session, no store, no cached client
-    assert not {"spark", "store", "teacher", "student"} & set(ctx.__dict__)
+    assert res["threads"] == 1 and res["threads_source"].startswith("1 thread(s) (config")
     with pytest.raises(ValueError):
-        check(ctx, "judge")
+        check(cfg, "judge")

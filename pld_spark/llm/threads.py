@@ -1,0 +1,164 @@
+"""How many threads an in-process llama.cpp model may use: the cores its process owns.
+
+llama.cpp's threads spin at every barrier, so two processes that each run a model with all the
+cores of a 2-core machine do not share it 2x slower, they run ~60x slower (measured: one
+``pld llm check`` took 82.7 s with 2 threads beside another 2-thread model process, 1.3 s with
+1 thread). A model's thread count therefore defaults to the cores its process owns, in this
+order:
+
+1. ``n_threads`` in the model's config (``source = "config"``), or ``PLD_LLAMA_THREADS``;
+2. the cores the engine gave the process: a Spark task's ``spark.task.cpus`` on a cluster, a Ray
+   actor's ``num_cpus`` (``source = "task"``; the engines put it into the config's ``n_threads``
+   through :func:`with_owned_cores`);
+3. otherwise (the driver, local Spark workers): this process's share of the host, the usable
+   cores divided by the live processes on this host that hold a llama.cpp model
+   (``source = "host-share"``). Each such process holds an ``flock`` on a file in a per-user
+   folder for as long as it lives (released by the kernel when it dies, so a killed process
+   never counts), and the share is re-read before every model call, so a model that started
+   alone gives up a thread when a second model process starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+THREADS_ENV = "PLD_LLAMA_THREADS"
+REGISTRY_ENV = "PLD_MODEL_REGISTRY_DIR"
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Threads for one model and why."""
+
+    n: int
+    source: str  # "config" | "env" | "task" | "host-share"
+    detail: str = ""
+
+    def describe(self) -> str:
+        return f"{self.n} thread(s) ({self.source}{': ' + self.detail if self.detail else ''})"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity / cgroup-pinned set), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def registry_dir() -> Path:
+    """Per-user folder of the host's model-process lock files."""
+    base = os.environ.get(REGISTRY_ENV) or os.path.join(tempfile.gettempdir(), f"pld_spark-models-{os.getuid()}")
+    p = Path(base)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class _HostSlot:
+    """This process's lock file in :func:`registry_dir` (one per process, taken on first model load)."""
+
+    def __init__(self) -> None:
+        self._fh = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        import fcntl
+
+        with self._lock:
+            if self._fh is not None and self._pid == os.getpid():
+                return
+            # after a fork the child has its own pid: it needs its own slot
+            path = registry_dir() / f"{os.getpid()}.lock"
+            fh = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fh, self._pid = fh, os.getpid()
+
+    def release(self) -> None:
+        import fcntl
+
+        with self._lock:
+            if self._fh is None or self._pid != os.getpid():
+                return
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+                self._fh.close()
+                os.unlink(self._fh.name)
+            except OSError:
+                pass
+            self._fh = None
+
+
+_SLOT = _HostSlot()
+
+
+def register_model_process() -> None:
+    """Count this process as one holding a llama.cpp model (until it exits or :func:`unregister`)."""
+    try:
+        _SLOT.take()
+    except OSError as e:  # a read-only /tmp must not stop a model from loading
+        log.warning("could not register in the model-process registry (%s); thread share may oversubscribe", e)
+
+
+def unregister_model_process() -> None:
+    _SLOT.release()
+
+
+def live_model_processes() -> int:
+    """Processes on this host holding a model right now (this one included if registered).
+
+    A lock file whose ``flock`` can be taken belongs to a process that is gone: it is removed."""
+    import fcntl
+
+    n = 0
+    try:
+        entries = list(registry_dir().glob("*.lock"))
+    except OSError:
+        return 1
+    for path in entries:
+        if _SLOT._fh is not None and _SLOT._pid == os.getpid() and path.name == f"{os.getpid()}.lock":
+            n += 1
+            continue
+        try:
+            with open(path, "a+") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    n += 1  # held: a live process
+                    continue
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            path.unlink(missing_ok=True)  # stale: its process died
+        except OSError:
+            continue
+    return max(1, n)
+
+
+def host_share() -> ThreadBudget:
+    cores, procs = usable_cores(), live_model_processes()
+    return ThreadBudget(max(1, cores // procs), "host-share", f"{cores} core(s) / {procs} model process(es)")
+
+
+def thread_budget(n_threads: int | None, source: str = "config") -> ThreadBudget:
+    """The budget for a model whose config says ``n_threads`` (set by ``source``; see the module
+    docstring)."""
+    if n_threads:
+        return ThreadBudget(int(n_threads), source)
+    env = os.environ.get(THREADS_ENV)
+    if env and env.strip().isdigit() and int(env) > 0:
+        return ThreadBudget(int(env), "env", THREADS_ENV)
+    return host_share()
+
+
+def with_owned_cores(llm_cfg, cores: float | None, source: str = "task"):
+    """``llm_cfg`` with ``n_threads`` set to the cores an engine gave the process (Spark task
+    cpus, Ray actor num_cpus), unless it sets its own or is not an in-process llama.cpp model."""
+    if llm_cfg.type != "llamacpp" or llm_cfg.n_threads is not None or not cores:
+        return llm_cfg
+    return llm_cfg.model_copy(update={"n_threads": max(1, int(cores)),
+                                      "extra": {**llm_cfg.extra, "threads_source": source}})

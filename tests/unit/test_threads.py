@@ -1,0 +1,84 @@
+"""Thread budget of in-process llama.cpp models: config > env > engine-owned cores > host share."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from pld_spark.config import LLMConfig
+from pld_spark.llm import threads
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(tmp_path / "reg"))
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    yield tmp_path / "reg"
+    threads.unregister_model_process()
+
+
+def _hold(path: str, ready, stop_file: str) -> None:
+    os.environ[threads.REGISTRY_ENV] = path
+    threads.register_model_process()
+    ready.set()
+    deadline = time.monotonic() + 60
+    # a file, not an Event: setting an Event with a SIGKILLed waiter deadlocks
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _start_holders(reg, n):
+    ctx = mp.get_context("spawn")
+    stop = reg.parent / "stop"
+    procs = []
+    for _ in range(n):
+        ready = ctx.Event()
+        p = ctx.Process(target=_hold, args=(str(reg), ready, str(stop)), daemon=True)
+        p.start()
+        assert ready.wait(60)
+        procs.append(p)
+    return procs, stop
+
+
+def test_host_share_divides_cores_by_live_model_processes(registry, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    assert threads.host_share().n == 4  # nobody holds a model yet
+    threads.register_model_process()
+    assert threads.live_model_processes() == 1
+    procs, stop = _start_holders(registry, 2)
+    try:
+        b = threads.host_share()
+        assert (b.n, b.source) == (1, "host-share") and "3 model process" in b.detail
+        # a model process killed with SIGKILL stops counting (its flock died with it)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].join(10)
+        assert threads.live_model_processes() == 2
+        assert threads.host_share().n == 2
+        assert len(list(registry.glob("*.lock"))) == 2  # the stale lock file was removed
+    finally:
+        stop.touch()
+        for p in procs:
+            p.join(10)
+    assert threads.live_model_processes() == 1
+
+
+def test_budget_precedence(registry, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    assert threads.thread_budget(3) == threads.ThreadBudget(3, "config")
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
+    assert threads.thread_budget(None).n == 2 and threads.thread_budget(None).source == "env"
+    assert threads.thread_budget(5, "task").source == "task"
+    monkeypatch.delenv(threads.THREADS_ENV)
+    assert threads.thread_budget(None).source == "host-share"
+
+
+def test_owned_cores_go_into_the_config_only_when_it_sets_none():
+    cfg = LLMConfig()
+    owned = threads.with_owned_cores(cfg, 2.0, source="ray actor")
+    assert owned.n_threads == 2 and owned.extra["threads_source"] == "ray actor"
+    assert threads.with_owned_cores(cfg.model_copy(update={"n_threads": 3}), 2).n_threads == 3
+    assert threads.with_owned_cores(cfg, None).n_threads is None
+    assert threads.with_owned_cores(LLMConfig(type="openai", base_url="http://x/v1"), 4).n_threads is None
