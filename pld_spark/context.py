@@ -2,15 +2,25 @@
 
 ``RunContext`` holds the config and lazily builds the heavy members (spark, store, teacher,
 student) on first use. Tests replace members with :meth:`RunContext.replace` (e.g. a scripted
-teacher, or the session-scoped Spark). It also owns the run record: one ``runs`` row when a
-command starts and one when it ends, with per-stage counts, tokens and cost.
+teacher, or the session-scoped Spark). It also owns the run record in ``runs``: a 'running'
+row when a command starts, more 'running' rows while it works (after each committed batch of
+paid calls, :meth:`RunContext.progress`, and a heartbeat every ``HEARTBEAT_S`` otherwise), and
+a final 'succeeded' / 'failed' row, each with per-stage counts, tokens and cost so far.
+
+Every row carries the host, pid and heartbeat time. A process killed without its final row
+is found by the next command that starts on the lakehouse (its pid on this host is gone, or
+its heartbeat is older than the lease) and gets an 'abandoned' row with the usage it had
+recorded; the ``run_status`` view reports it as abandoned once the lease has passed anyway.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -23,6 +33,9 @@ from pld_spark.config import PLDConfig
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: seconds between heartbeat rows of a started run when nothing else wrote one (each is one
+#: small Delta commit); well inside the lease after which run_status calls a run abandoned
+HEARTBEAT_S = 120.0
 
 
 def code_version() -> str:
@@ -55,15 +68,89 @@ class RunRecord:
     tokens_out: int = 0
     llm_calls: int = 0
     cost_usd: float = 0.0
+    # the heartbeat thread reads the record while the stage thread updates it
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_counts(self, stage: str, **counts: Any) -> None:
-        self.counts.setdefault(stage, {}).update(counts)
+        with self._lock:
+            self.counts.setdefault(stage, {}).update(counts)
 
-    def add_usage(self, tokens_in: int = 0, tokens_out: int = 0, calls: int = 0, cost: float = 0.0) -> None:
-        self.tokens_in += int(tokens_in)
-        self.tokens_out += int(tokens_out)
-        self.llm_calls += int(calls)
-        self.cost_usd += float(cost)
+    def add_usage(self, stage: str, tokens_in: int = 0, tokens_out: int = 0, calls: int = 0, cost: float = 0.0,
+                  role: str | None = None) -> None:
+        """The one accounting path: what model calls of ``stage`` spent (by ``role`` when known)
+        goes into the run's totals and into ``counts[stage]["usage"]``."""
+        with self._lock:
+            self.tokens_in += int(tokens_in)
+            self.tokens_out += int(tokens_out)
+            self.llm_calls += int(calls)
+            self.cost_usd += float(cost)
+            usage = self.counts.setdefault(stage, {}).setdefault("usage", {})
+            for key in ("all",) + ((role,) if role else ()):
+                u = usage.setdefault(key, {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
+                u["calls"] += int(calls)
+                u["tokens_in"] += int(tokens_in)
+                u["tokens_out"] += int(tokens_out)
+                u["cost_usd"] = round(u["cost_usd"] + float(cost), 8)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts (as JSON) and usage so far, read consistently."""
+        with self._lock:
+            return {"counts": json.dumps(self.counts, sort_keys=True, default=str), "tokens_in": self.tokens_in,
+                    "tokens_out": self.tokens_out, "llm_calls": self.llm_calls, "cost_usd": round(self.cost_usd, 6)}
+
+
+def pid_alive(pid: int, started_before: float | None = None) -> bool:
+    """Whether process ``pid`` on this host still exists (and, when ``started_before`` (epoch
+    seconds) is given and the start time is readable, started no later than that: a newer
+    process with the same id is a reused pid, not the run's)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    except (OverflowError, ValueError, OSError):
+        return False
+    if started_before is not None:
+        began = _process_start_time(int(pid))
+        # a margin for btime's 1 s resolution and clock adjustments since boot
+        if began is not None and began > started_before + 60.0:
+            return False
+    return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Epoch seconds a process started (Linux /proc), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the ')' of the command name
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    """Spark returns TIMESTAMP values as naive local times."""
+    if ts is None:
+        return None
+    return ts.astimezone(timezone.utc)
+
+
+def stale_reason(row: dict[str, Any], now: datetime, host: str, lease_s: float) -> str | None:
+    """Why a run whose latest ``runs`` row is ``row`` (status 'running') is abandoned, or None
+    while it may still be alive: its process on this host is gone, or its last heartbeat is
+    older than ``lease_s``."""
+    beat = _utc(row.get("heartbeat_at") or row.get("event_time"))
+    started = _utc(row.get("started_at"))
+    pid = row.get("pid")
+    if row.get("host") == host and pid is not None and not pid_alive(
+            pid, started.timestamp() if started is not None else None):
+        return f"its process {pid} on {host} is gone"
+    if beat is not None and (now - beat).total_seconds() > lease_s:
+        return f"no heartbeat since {beat.isoformat(timespec='seconds')} (lease {lease_s:g} s)"
+    return None
 
 
 class RunContext:
@@ -76,6 +163,18 @@ class RunContext:
         self.record = RunRecord(self.run_id, command)
         self._with_nlp = with_nlp
         self._usage_seen: dict[int, dict[str, float]] = {}  # client id -> stats already folded in
+        # the lease of this run's 'running' rows: who runs it, and when it last said so
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._code_ver: str | None = None
+        self._started = False
+        self._write_lock = threading.Lock()
+        self._last_write = time.monotonic()
+        self._stop_beat = threading.Event()
+        self._beat: threading.Thread | None = None
+        #: seconds between heartbeat rows; None: no heartbeat thread (rows at the start, per
+        #: committed batch and at the end only)
+        self.heartbeat_s: float | None = HEARTBEAT_S
 
     # Lazily built members. ``replace`` overrides any of them.
     @cached_property
@@ -97,13 +196,13 @@ class RunContext:
     def teacher(self):
         from pld_spark.llm.registry import build_client
 
-        return build_client(self.cfg.teacher, role="teacher", store=self._cache_store())
+        return build_client(self.cfg.teacher, role="teacher", cache=self._cache_store())
 
     @cached_property
     def student(self):
         from pld_spark.llm.registry import build_client
 
-        return build_client(self.cfg.student, role="student", store=self._cache_store())
+        return build_client(self.cfg.student, role="student", cache=self._cache_store())
 
     def _cache_store(self):
         """The Delta-backed response cache, when the store is already built (no Spark otherwise)."""
@@ -122,6 +221,11 @@ class RunContext:
         return self
 
     # ------------------------------------------------------------------ run records
+    def _code_version(self) -> str:
+        if self._code_ver is None:
+            self._code_ver = code_version()
+        return self._code_ver
+
     def _runs_row(self, status: str, error: str | None = None, ended: bool = False) -> dict:
         now = datetime.now(timezone.utc)
         r = self.record
@@ -129,23 +233,101 @@ class RunContext:
             "run_id": self.run_id, "command": self.command, "status": status, "event_time": now,
             "started_at": datetime.fromtimestamp(r.started, timezone.utc),
             "ended_at": now if ended else None, "config_text": self.cfg.text, "config_hash": self.cfg.hash,
-            "code_version": code_version(), "counts": json.dumps(r.counts, sort_keys=True, default=str),
-            "tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "llm_calls": r.llm_calls,
-            "cost_usd": round(r.cost_usd, 6), "wall_s": round(time.time() - r.started, 3) if ended else None,
-            "error": error,
+            "code_version": self._code_version(), **r.snapshot(),
+            "wall_s": round(time.time() - r.started, 3) if ended else None,
+            "error": error, "host": self.host, "pid": self.pid, "heartbeat_at": now,
         }
 
-    def _write_run(self, row: dict) -> None:
+    def _write_runs(self, rows: list[dict]) -> None:
         from pld_spark.storage.catalog import RUNS
 
-        df = self.spark.createDataFrame([row], RUNS.ddl)
-        self.store.append("runs", df)
+        with self._write_lock:
+            df = self.spark.createDataFrame([tuple(row.get(c) for c in RUNS.columns) for row in rows], RUNS.ddl)
+            self.store.append("runs", df)
+            self._last_write = time.monotonic()
+
+    def _write_run(self, row: dict) -> None:
+        self._write_runs([row])
+
+    def stale_runs(self) -> list[dict]:
+        """'abandoned' rows for the other runs whose latest row is 'running' but whose process
+        is gone (same host, pid not alive) or whose heartbeat is older than the lease. Each
+        copies the run's last row (its usage so far); ``ended_at`` is its last heartbeat."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        from pld_spark.storage.views import RUN_LEASE_S
+
+        if not self.store.exists("runs"):
+            return []
+        w = Window.partitionBy("run_id").orderBy(F.col("event_time").desc(),
+                                                 F.when(F.col("status") == "running", 1).otherwise(0))
+        latest = (self.store.read("runs").withColumn("_n", F.row_number().over(w))
+                  .where((F.col("_n") == 1) & (F.col("status") == "running") & (F.col("run_id") != self.run_id))
+                  .drop("_n").collect())
+        now = datetime.now(timezone.utc)
+        out = []
+        for r in latest:
+            row = r.asDict()
+            why = stale_reason(row, now, self.host, RUN_LEASE_S)
+            if why is None:
+                continue
+            beat = _utc(row.get("heartbeat_at") or row.get("event_time"))
+            started = _utc(row.get("started_at"))
+            log.warning("run %s (%s) was left 'running': %s; recording it as abandoned", row["run_id"],
+                        row.get("command"), why)
+            out.append({**row, "status": "abandoned", "event_time": now, "ended_at": beat,
+                        "wall_s": round((beat - started).total_seconds(), 3) if beat and started else None,
+                        "error": f"abandoned: {why} (recorded by run {self.run_id})"})
+        return out
 
     def start(self) -> "RunContext":
-        self._write_run(self._runs_row("running"))
+        """Write this run's 'running' row, close the rows of dead runs in the same commit, and
+        start the heartbeat."""
+        try:
+            stale = self.stale_runs()
+        except Exception:  # noqa: BLE001 - closing others' rows is housekeeping; never block this run
+            log.exception("could not check the runs table for abandoned runs")
+            stale = []
+        self._write_runs([*stale, self._runs_row("running")])
+        self._started = True
+        self._stop_beat.clear()
+        if self.heartbeat_s:
+            self._beat = threading.Thread(target=self._heartbeat_loop, args=(float(self.heartbeat_s),),
+                                          name=f"pld-heartbeat-{self.run_id}", daemon=True)
+            self._beat.start()
         return self
 
+    def progress(self) -> None:
+        """Append a 'running' row with the usage and counts so far (call after a committed
+        batch of paid work): a run killed later still shows what it paid for. No-op for a
+        context that was not started (no run record)."""
+        if not self._started:
+            return
+        try:
+            self._write_run(self._runs_row("running"))
+        except Exception:  # noqa: BLE001 - a bookkeeping failure must not fail the stage
+            log.exception("could not write a progress row to runs for %s", self.run_id)
+
+    def _heartbeat_loop(self, every_s: float) -> None:
+        """After ``every_s`` without another runs row, write one, so a live run's heartbeat
+        never gets older than the lease of the run_status view."""
+        while True:
+            wait = every_s - (time.monotonic() - self._last_write)
+            if wait > 0:
+                if self._stop_beat.wait(wait):
+                    return
+                continue
+            if self._stop_beat.is_set():
+                return
+            self.progress()
+
     def finish(self, error: BaseException | None = None) -> None:
+        self._stop_beat.set()
+        if self._beat is not None:
+            self._beat.join(timeout=60)  # its last row must not land after the final one
+            self._beat = None
+        self._started = False
         status = "failed" if error else "succeeded"
         msg = f"{type(error).__name__}: {error}"[:4000] if error else None
         try:
@@ -159,13 +341,16 @@ class RunContext:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.finish(exc)
 
-    def collect_usage(self, client) -> None:
-        """Fold what a client spent since the last call into the run record (call at stage end)."""
-        if client is None or not hasattr(client, "stats"):
+    def collect_usage(self, client, stage: str) -> None:
+        """Fold what a driver-side client spent since the last call into ``stage`` of the run
+        record (call at stage end). Clients in Spark tasks or Ray actors are out of reach: those
+        stages count what their stored rows say they spent (``record.add_usage``)."""
+        if client is None:
             return
         s = client.stats()
         keys = ("tokens_in", "tokens_out", "calls", "cost_usd")
         prev = self._usage_seen.get(id(client), dict.fromkeys(keys, 0))
         delta = {k: (s.get(k) or 0) - (prev.get(k) or 0) for k in keys}
         self._usage_seen[id(client)] = {k: s.get(k) or 0 for k in keys}
-        self.record.add_usage(delta["tokens_in"], delta["tokens_out"], delta["calls"], delta["cost_usd"])
+        self.record.add_usage(stage, delta["tokens_in"], delta["tokens_out"], delta["calls"], delta["cost_usd"],
+                              role=client.role)

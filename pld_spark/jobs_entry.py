@@ -21,9 +21,12 @@ def job_parser(command: str) -> argparse.ArgumentParser:
     ap.add_argument("--teacher_model", help="teacher model id at that endpoint")
     ap.add_argument("--teacher_key_env", help="environment variable holding the teacher's API key")
     ap.add_argument("--student_model", help="student model (registry name, GGUF path or served id)")
-    ap.add_argument("--student_type", choices=["llamacpp", "openai", "bedrock", "vllm"])
+    from pld_spark.llm.registry import BACKENDS
+
+    ap.add_argument("--student_type", choices=sorted(BACKENDS))
     ap.add_argument("--ray_on_spark", choices=["true", "false"], help="start Ray on the Spark cluster (score)")
-    ap.add_argument("--prompt_version", help="score: prompt version or alias (default: live)")
+    ap.add_argument("--prompt_version", help="score/evaluate: prompt version or alias (score default: live, then "
+                                             "distilled, then clustered)")
     ap.add_argument("--input", help="score: table or path to score")
     ap.add_argument("--run_id", help="reuse a run id")
     ap.add_argument("--set", action="append", default=[], help="any config override key=value")
@@ -55,11 +58,10 @@ def to_cli_argv(command: str, argv: list[str]) -> list[str]:
         out += ["--set", s]
     if a.run_id:
         out += ["--run-id", a.run_id]
-    if command == "score":
-        if a.prompt_version:
-            out += ["--prompt-version", a.prompt_version]
-        if a.input:
-            out += ["--input", a.input]
+    if command in ("score", "evaluate") and a.prompt_version:
+        out += ["--prompt-version", a.prompt_version]
+    if command == "score" and a.input:
+        out += ["--input", a.input]
     return out
 
 
@@ -85,6 +87,10 @@ def consolidate() -> None:
     _run("consolidate")
 
 
+def select() -> None:
+    _run("select")
+
+
 def resolve() -> None:
     _run("resolve")
 
@@ -97,4 +103,5 @@ def score() -> None:
     _run("score")
 
 
-ENTRY_POINTS = {f"pld-{n}": n for n in ("ingest", "extract", "cluster", "consolidate", "resolve", "evaluate", "score")}
+ENTRY_POINTS = {f"pld-{n}": n for n in ("ingest", "extract", "cluster", "consolidate", "select", "resolve", "evaluate",
+                                         "score")}

@@ -102,6 +102,58 @@ def bootstrap_macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Seq
     return float(lo), float(hi)
 
 
+def paired_bootstrap(y_true: Sequence[Any], pred_a: Sequence[Any], pred_b: Sequence[Any], labels: Sequence[str],
+                     n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Paired comparison of two conditions on the same rows: the macro-F1 difference ``a - b``
+    and its percentile bootstrap CI, resampling rows (each resample scores both conditions on
+    the same rows, so row difficulty cancels out). Also the share of resamples where ``a`` wins.
+
+    Returns ``{"delta", "ci_low", "ci_high", "p_a_better", "n"}``. Rows whose gold label is not
+    in ``labels`` are dropped; a failed prediction (None or outside the set) counts as wrong."""
+    t = _encode(y_true, labels)
+    a = _encode(pred_a, labels)
+    b = _encode(pred_b, labels)
+    if not (len(t) == len(a) == len(b)):
+        raise ValueError(f"paired comparison needs the same rows: {len(t)} gold, {len(a)} and {len(b)} predictions")
+    keep = t >= 0
+    t, a, b = t[keep], a[keep], b[keep]
+    n, k = len(t), len(labels)
+    if n == 0:
+        return {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_a_better": 0.5, "n": 0}
+    cell_a = t * (k + 1) + np.where(a >= 0, a, k)
+    cell_b = t * (k + 1) + np.where(b >= 0, b, k)
+
+    def f1(cells: np.ndarray) -> float:
+        counts = np.bincount(cells, minlength=k * (k + 1)).reshape(k, k + 1)
+        return float(_prf_from_counts(counts[:, :k], counts[:, k])[2].mean())
+
+    delta = f1(cell_a) - f1(cell_b)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        diffs[i] = f1(cell_a[idx]) - f1(cell_b[idx])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"delta": float(delta), "ci_low": float(lo), "ci_high": float(hi),
+            "p_a_better": float((diffs > 0).mean() + 0.5 * (diffs == 0).mean()), "n": int(n)}
+
+
+def mcnemar(y_true: Sequence[Any], pred_a: Sequence[Any], pred_b: Sequence[Any]) -> dict[str, float]:
+    """McNemar's exact test on the discordant pairs (rows exactly one of the two gets right):
+    ``{"a_only", "b_only", "p_value"}`` (two-sided binomial test with p = 1/2)."""
+    from math import comb
+
+    a_ok = [x == g for x, g in zip(pred_a, y_true)]
+    b_ok = [x == g for x, g in zip(pred_b, y_true)]
+    a_only = sum(1 for x, y in zip(a_ok, b_ok) if x and not y)
+    b_only = sum(1 for x, y in zip(a_ok, b_ok) if y and not x)
+    n = a_only + b_only
+    if n == 0:
+        return {"a_only": 0, "b_only": 0, "p_value": 1.0}
+    tail = sum(comb(n, i) for i in range(0, min(a_only, b_only) + 1)) / 2 ** n
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(min(1.0, 2 * tail))}
+
+
 def latency_stats(latencies: Sequence[float | None]) -> dict[str, float | None]:
     """p50 / p95 / mean / first (the first request: cold prefill, no prefix reuse yet).
 

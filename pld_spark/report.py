@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
-PLD_CONDITIONS = ("pld_resolved", "pld_cluster")
+PLD_CONDITIONS = ("pld", "pld_resolved", "pld_selected", "pld_cluster")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -80,6 +80,7 @@ def plot_macro_f1(conditions: Sequence[dict]) -> str | None:
 def plot_latency(conditions: Sequence[dict]) -> str | None:
     """Grouped bars: latency p50 and p95 per example, plus the first (cold-prefix) request."""
     plt = _pyplot()
+    conditions = [c for c in conditions if not _reused(c)]  # nothing measured: no bars
     if plt is None or not conditions:
         return None
     import numpy as np
@@ -91,7 +92,7 @@ def plot_latency(conditions: Sequence[dict]) -> str | None:
               ("first request (cold prefix)", "latency_first", "#e45756")]
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.6))
     for i, (label, key, color) in enumerate(series):
-        vals = [(c.get(key) or 0.0) * 1000 for c in conditions]
+        vals = [np.nan if c.get(key) is None else c[key] * 1000 for c in conditions]  # unmeasured: no bar
         ax.bar(x + (i - 1) * w, vals, w, label=label, color=color)
     ax.set_xticks(x, names)
     ax.set_ylabel("ms per example")
@@ -133,21 +134,64 @@ def plot_confusion(cond: dict) -> str | None:
 
 
 # ----------------------------------------------------------------------------- text
-SUMMARY_COLUMNS = ("condition", "prompt version", "n", "macro-F1 [95% CI]", "accuracy", "p50", "p95",
-                   "prompt tok/ex", "prefix reuse")
+SUMMARY_COLUMNS = ("condition", "prompt version", "n", "macro-F1 [95% CI]", "val F1", "calibration", "accuracy",
+                   "p50", "p95", "prompt tok/ex", "prefix reuse")
+PAIRED_COLUMNS = ("comparison (a - b)", "a", "b", "delta macro-F1 [95% CI]", "a better in", "McNemar p")
+
+
+def _reused(c: dict) -> str | None:
+    """The condition whose figures ``c`` reuses (same prompt version, scored once), else None."""
+    return c.get("reused_from") or None
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.0f}%"
 
 
 def summary_rows(conditions: Sequence[dict]) -> list[list[str]]:
-    """The summary table's cells, one row per condition (shared by the CLI, HTML and Markdown)."""
+    """The summary table's cells, one row per condition (shared by the CLI, HTML and Markdown).
+
+    A condition that reuses another's figures (same prompt) shows its quality figures and
+    ``see <condition>`` where a measurement would be: nothing unmeasured is printed as 0."""
     rows = []
     for c in conditions:
+        src = _reused(c)
+        measured = (lambda text: f"see {src}") if src else (lambda text: text)
         rows.append([
             c["condition"], str(c.get("prompt_version") or "-"), str(c.get("n", "-")),
             f"{c['macro_f1']:.3f} [{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]",
-            _fmt(c.get("accuracy")), _ms(c.get("latency_p50")), _ms(c.get("latency_p95")),
-            _fmt(c.get("prompt_tokens_mean"), 0), f"{(c.get('prefix_hit_rate') or 0.0) * 100:.0f}%",
+            _fmt(c.get("val_macro_f1")), str(c.get("calibration") or "-"), _fmt(c.get("accuracy")), measured(_ms(c.get("latency_p50"))), measured(_ms(c.get("latency_p95"))),
+            _fmt(c.get("prompt_tokens_mean"), 0), measured(_pct(c.get("prefix_hit_rate"))),
         ])
     return rows
+
+
+def paired_rows(paired: dict[str, dict]) -> list[list[str]]:
+    """One row per paired comparison on the same test rows (shared by the CLI, HTML and Markdown)."""
+    return [[k, v["a"], v["b"], f"{v['delta']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]",
+             f"{v['p_a_better'] * 100:.0f}% of resamples", _fmt(v.get("mcnemar_p"))] for k, v in paired.items()]
+
+
+def pld_note(meta: dict[str, Any]) -> str:
+    """Which PLD prompt the comparisons use, said plainly."""
+    name = meta.get("pld_condition")
+    if not name:
+        return "no PLD prompt was evaluated"
+    if name == "pld":
+        return "PLD = the prompt version given with --prompt-version"
+    if meta.get("pld_promoted"):
+        return f"PLD = {name}, the prompt this task's 'distilled' alias points at (it beat zero-shot on validation)"
+    return (f"PLD = {name}: NOT promoted to 'distilled' (it did not beat zero-shot on validation); "
+            f"compared anyway so the numbers are visible")
+
+
+def _reuse_note(c: dict) -> str:
+    return f"same prompt as {_reused(c)} ({c.get('prompt_version')}); figures reused, not scored again"
+
+
+def reuse_notes(conditions: Sequence[dict]) -> list[str]:
+    """One line per condition that reuses another's figures."""
+    return [f"{c['condition']}: {_reuse_note(c)}" for c in conditions if _reused(c)]
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -172,10 +216,12 @@ def latency_contrast(conditions: Sequence[dict]) -> dict[str, Any] | None:
     evaluated, else the clustering prompt."""
     by = {c["condition"]: c for c in conditions}
     zs = by.get("zero_shot")
-    pld = next((by[n] for n in PLD_CONDITIONS if n in by), None)
+    # a condition that reuses another's figures measured nothing: contrast the one that did
+    pld = next((by[n] for n in PLD_CONDITIONS if n in by and not _reused(by[n])), None)
     if zs is None or pld is None:
         return None
-    out: dict[str, Any] = {"zero_shot": zs, "pld": pld}
+    out: dict[str, Any] = {"zero_shot": zs, "pld": pld,
+                           "same_prompt": [n for n in PLD_CONDITIONS if n in by and _reused(by[n]) == pld["condition"]]}
     if zs.get("latency_p50") and pld.get("latency_p50"):
         out["p50_ratio"] = pld["latency_p50"] / zs["latency_p50"]
     if zs.get("prompt_tokens_mean") and pld.get("prompt_tokens_mean"):
@@ -195,8 +241,12 @@ def _contrast_sentence(lc: dict[str, Any]) -> str:
         f"{_fmt(pld.get('prefix_reused_mean'), 0)} tokens each), its p50 latency is {_ms(pld.get('latency_p50'))} "
         f"vs {_ms(zs.get('latency_p50'))} for zero_shot"
         + (f" ({lc['p50_ratio']:.2f}x)" if "p50_ratio" in lc else "") + ".",
-        f"The first {pld['condition']} request, before the prefix was cached, took {_ms(pld.get('latency_first'))}.",
     ]
+    if pld.get("latency_first") is not None:
+        parts.append(f"The first {pld['condition']} request, before the prefix was cached, took "
+                     f"{_ms(pld.get('latency_first'))}.")
+    for name in lc.get("same_prompt") or ():
+        parts.append(f"{name} uses the same prompt as {pld['condition']}; its figures are reused, not measured again.")
     return " ".join(parts)
 
 
@@ -240,10 +290,16 @@ def render_html(result: dict[str, Any]) -> str:
     parts.append("<h2>Summary</h2>")
     parts.append(_html_table(SUMMARY_COLUMNS, summary_rows(conds)))
     skipped = result.get("skipped") or {}
-    if skipped:
-        parts.append("<ul>" + "".join(f"<li class='note'>skipped <b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                                      for k, v in skipped.items()) + "</ul>")
+    notes = [html.escape(n) for n in reuse_notes(conds)]
+    notes += [f"skipped <b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in skipped.items()]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li class='note'>{n}</li>" for n in notes) + "</ul>")
     parts.append(_img(plot_macro_f1(conds), "macro-F1 by condition"))
+    if result.get("paired"):
+        parts.append("<h2>Paired comparisons on the same test rows</h2>")
+        parts.append(f"<p>{html.escape(pld_note(meta))}; zero_shot_best = {html.escape(str(meta.get('zero_shot_best')))}"
+                     " (the better zero-shot on validation).</p>")
+        parts.append(_html_table(PAIRED_COLUMNS, paired_rows(result["paired"])))
 
     parts.append("<h2>Latency: PLD with prefix reuse vs zero-shot (same run)</h2>")
     lc = latency_contrast(conds)
@@ -253,10 +309,17 @@ def render_html(result: dict[str, Any]) -> str:
         parts.append("<p class='note'>zero_shot and a PLD condition are both needed for this contrast.</p>")
     lat_header = ("condition", "p50", "p95", "mean", "first request (cold)", "prompt tok/ex", "output tok/ex",
                   "prefix hit rate", "reused tok/ex", "reused share")
-    lat_rows = [[c["condition"], _ms(c.get("latency_p50")), _ms(c.get("latency_p95")), _ms(c.get("latency_mean")),
-                 _ms(c.get("latency_first")), _fmt(c.get("prompt_tokens_mean"), 0), _fmt(c.get("output_tokens_mean"), 1),
-                 f"{(c.get('prefix_hit_rate') or 0) * 100:.0f}%", _fmt(c.get("prefix_reused_mean"), 0),
-                 f"{(c.get('prefix_reused_share') or 0) * 100:.0f}%"] for c in conds]
+    lat_rows = []
+    for c in conds:
+        if _reused(c):
+            see = f"see {_reused(c)}"
+            lat_rows.append([c["condition"], see, see, see, see, _fmt(c.get("prompt_tokens_mean"), 0),
+                             _fmt(c.get("output_tokens_mean"), 1), see, see, see])
+            continue
+        lat_rows.append([c["condition"], _ms(c.get("latency_p50")), _ms(c.get("latency_p95")),
+                         _ms(c.get("latency_mean")), _ms(c.get("latency_first")), _fmt(c.get("prompt_tokens_mean"), 0),
+                         _fmt(c.get("output_tokens_mean"), 1), _pct(c.get("prefix_hit_rate")),
+                         _fmt(c.get("prefix_reused_mean"), 0), _pct(c.get("prefix_reused_share"))])
     parts.append(_html_table(lat_header, lat_rows))
     parts.append(_img(plot_latency(conds), "latency per condition"))
 
@@ -270,7 +333,8 @@ def render_html(result: dict[str, Any]) -> str:
 
     parts.append("<h2>Confusion matrices</h2><div class='grid'>")
     for c in conds:
-        parts.append(_img(plot_confusion(c), f"confusion matrix {c['condition']}"))
+        if not _reused(c):  # the same predictions as the condition it reuses
+            parts.append(_img(plot_confusion(c), f"confusion matrix {c['condition']}"))
     parts.append("</div>")
     parts.append("<p class='meta'>Macro-F1 averages every label of the task (failures count as wrong); the CI is a "
                  "seeded percentile bootstrap over test examples. Latency is wall time per example inside the "
@@ -287,8 +351,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     out = [f"# PLD evaluation: {meta.get('task', '')} (run {result.get('run_id')})", "",
            f"Student `{meta.get('student')}`, engine `{meta.get('engine')}`, calibration `{meta.get('calibration')}`, "
            f"{meta.get('n_test')} test examples.", "", _md_table(SUMMARY_COLUMNS, summary_rows(conds)), ""]
+    out += [f"- **{c['condition']}**: {_reuse_note(c)}" for c in conds if _reused(c)]
     for k, v in (result.get("skipped") or {}).items():
         out.append(f"- skipped **{k}**: {v}")
+    if result.get("paired"):
+        out += ["", "## Paired comparisons on the same test rows", "",
+                f"{pld_note(meta)}; zero_shot_best = {meta.get('zero_shot_best')} (the better zero-shot on validation).",
+                "", _md_table(PAIRED_COLUMNS, paired_rows(result["paired"]))]
     lc = latency_contrast(conds)
     out += ["", "## Latency: PLD with prefix reuse vs zero-shot (same run)", "",
             _contrast_sentence(lc) if lc else "zero_shot and a PLD condition are both needed for this contrast.", ""]

@@ -15,16 +15,21 @@ CONF = REPO / "conf"
 # heaviest first. `make test` runs two xdist workers; each module is one unit of work (its module
 # fixtures are built once) and the heaviest start first, so no long module is left for the end.
 # Modules not listed are lighter and keep collection order after these.
+# The real-model modules marked 2026-11-29 were measured alone, each in its own pytest process (Spark
+# start included), while the machine was shared (load average 3-5): their figures run high.
 HEAVY_MODULES = {
+    "tests/integration/test_distill_real_model.py": 400,  # 2026-11-29: ingest + distill (with select) + evaluate
     "tests/integration/test_reliability_kills.py": 381,
     "tests/integration/test_reliability_concurrency.py": 295,
     "tests/integration/test_reliability_faults.py": 234,
     "tests/integration/test_jobs_sql_notebooks.py": 210,
-    "tests/integration/test_distill_real_model.py": 121,
+    "tests/integration/test_evaluate_real_model.py": 180,  # 2026-11-29
+    "tests/integration/test_extract_server.py": 170,  # 2026-11-29
     "tests/integration/test_reliability_secrets.py": 112,
     "tests/integration/test_ray_score.py": 101,
     "tests/integration/test_reliability_bad_input.py": 77,
     "tests/integration/test_reliability_injection.py": 52,
+    "tests/integration/test_score_real_model.py": 50,  # 2026-11-29
 }
 # Modules that start a real local Ray cluster form one unit, so two clusters never compete.
 RAY_MODULES = {"tests/integration/test_ray_score.py", "tests/integration/test_jobs_sql_notebooks.py"}

@@ -46,7 +46,9 @@ class Loaded:
 
 
 def resolve_path(path: str | Path, loader: str) -> Path:
-    """Absolute path; relative paths are tried against the cwd, then the repository root."""
+    """Absolute path. A relative path is looked up in the current directory first (where a
+    command-line user's own files are), then in the repository root (where the bundled
+    datasets are, e.g. ``data/stereoset/...``). ``dataset.path``'s description says the same."""
     p = Path(path)
     candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]
     for c in candidates:
@@ -169,6 +171,8 @@ GENERIC_FIELDS = ("id", "text", "label", "pair", "split", "doc_id")
 
 
 def _detect_format(p: Path, fmt: str) -> str:
+    if fmt == "json":
+        return "jsonl"  # one JSON object per line, as for a .json file with format auto
     if fmt != "auto":
         return fmt
     if p.is_dir():
@@ -181,7 +185,10 @@ def load_generic(path: str, options: dict[str, Any], columns: dict[str, str], fm
                  spark=None) -> Loaded:
     """JSONL / CSV / Parquet / Delta with a column mapping ``{our field: source column}``.
 
-    Our fields: ``text`` and ``label`` (required), ``id``, ``pair``, ``split``, ``doc_id``.
+    Our fields: ``text`` and ``label`` (required; default to columns of those names), ``id``,
+    ``pair``, ``split``, ``doc_id``. ``fmt`` ``auto`` goes by the extension (``.jsonl``,
+    ``.ndjson``, ``.json``: one JSON object per line; ``.csv``; ``.parquet``; a folder: Delta
+    if it has a ``_delta_log``, else Parquet); ``json`` means JSON Lines too.
     Missing ids become content hashes. Lines that are not UTF-8 or not JSON become rows with
     ``decode_error`` (stored in ``rejects``); a missing mapped column fails the whole file.
     """

@@ -16,7 +16,6 @@ batching bound the loss of a crash.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,31 +53,37 @@ def split_rate(rate: float | None, partitions: int) -> float | None:
     return rate / max(1, partitions)
 
 
-def worker_llm_config(llm_cfg, partitions: int, local_cores: int | None = None):
+def worker_llm_config(llm_cfg, partitions: int):
     """The config a worker builds its client from: token rate split across partitions; the
-    request rate is enforced by the executor's pacer, so the client's own is switched off.
-
-    ``local_cores`` (local Spark only): an in-process llama.cpp model without ``n_threads``
-    gets its share of the machine's cores, so concurrent workers do not oversubscribe them.
-    """
-    update: dict = {"requests_per_minute": None,
-                    "tokens_per_minute": split_rate(llm_cfg.tokens_per_minute, partitions)}
-    if local_cores and llm_cfg.type == "llamacpp" and llm_cfg.n_threads is None:
-        update["n_threads"] = max(1, local_cores // max(1, min(partitions, local_cores)))
-    return llm_cfg.model_copy(update=update)
+    request rate is enforced by the executor's pacer, so the client's own is switched off."""
+    return llm_cfg.model_copy(update={"requests_per_minute": None,
+                                      "tokens_per_minute": split_rate(llm_cfg.tokens_per_minute, partitions)})
 
 
 class RegistryClientFactory:
-    """Default client factory: the process-level cached client for ``llm_cfg`` (picklable)."""
+    """Default client factory: the process-level cached client for ``llm_cfg`` (picklable).
 
-    def __init__(self, llm_cfg, role: str = "teacher"):
+    ``use_task_cpus`` (a cluster): an in-process model without ``n_threads`` gets the task's
+    ``spark.task.cpus`` as its thread count. In local mode the workers share the host instead
+    (:func:`pld_spark.llm.threads.host_share`), so concurrent workers never oversubscribe it.
+    """
+
+    def __init__(self, llm_cfg, role: str = "teacher", use_task_cpus: bool = False):
         self.llm_cfg = llm_cfg
         self.role = role
+        self.use_task_cpus = use_task_cpus
 
     def __call__(self):
         from pld_spark.llm.registry import get_or_build
+        from pld_spark.llm.threads import with_owned_cores
 
-        return get_or_build(self.llm_cfg, role=self.role)
+        cfg = self.llm_cfg
+        if self.use_task_cpus:
+            from pyspark import TaskContext
+
+            tc = TaskContext.get()
+            cfg = with_owned_cores(cfg, tc.cpus() if tc is not None else None)
+        return get_or_build(cfg, role=self.role)
 
 
 def call_rows(client, rows: list[dict[str, Any]], make_request: Callable, handle: Callable,
@@ -88,9 +93,9 @@ def call_rows(client, rows: list[dict[str, Any]], make_request: Callable, handle
     ``client.chat([request])`` never raises for a per-row model failure (it returns a response
     with ``error``); a request that cannot even be rendered becomes an error row too.
     """
-    from pld_spark.llm.base import ChatResponse
+    from pld_spark.llm.types import ChatResponse
 
-    limit = max(1, min(max_in_flight, int(getattr(client, "max_concurrency", max_in_flight) or max_in_flight)))
+    limit = max(1, min(max_in_flight, client.max_concurrency))
 
     def one(row: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -118,12 +123,12 @@ def map_teacher(df, *, make_request: Callable, handle: Callable, out_schema: str
     """
     import pandas as pd
 
+    from pld_spark.engines.spark import default_parallelism, master_of
+
     spark = df.sparkSession
-    n = partitions or spark.sparkContext.defaultParallelism
-    n = max(1, int(n))
-    local = str(spark.sparkContext.master).startswith("local")
-    factory = client_factory or RegistryClientFactory(
-        worker_llm_config(llm_cfg, n, local_cores=(os.cpu_count() or 1) if local else None))
+    n = max(1, int(partitions or default_parallelism(spark)))
+    local = master_of(spark, None).startswith("local")
+    factory = client_factory or RegistryClientFactory(worker_llm_config(llm_cfg, n), use_task_cpus=not local)
     rpm = split_rate(requests_per_minute, n)
     columns = [f.strip().split()[0] for f in _split_ddl(out_schema)]
 

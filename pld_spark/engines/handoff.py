@@ -16,13 +16,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Columns the scorer writes (Ray side) and Spark reads back. Probabilities travel as a JSON
-#: object string because Arrow has no schema-stable map type coming out of pandas.
-RESULT_DDL = ("doc_id STRING, label STRING, probabilities_json STRING, calibration STRING, latency_s DOUBLE, "
-              "tokens_in BIGINT, tokens_out BIGINT, prefix_reused_tokens BIGINT, backend STRING, model STRING, "
-              "error STRING")
-
-
 def handoff_root(cfg) -> str:
     """``score.handoff_dir``, else ``<lakehouse.path>/_handoff``."""
     if cfg.score.handoff_dir:
@@ -75,11 +68,10 @@ def write_input(df, handoff: Handoff, num_files: int) -> None:
     df.repartition(max(1, int(num_files))).write.mode("overwrite").parquet(handoff.input_path)
 
 
-def read_output(spark, handoff: Handoff):
-    """Spark side: Ray's result files as a DataFrame with :data:`RESULT_DDL`.
-
-    Returns an empty frame when Ray wrote nothing (no input rows)."""
+def read_output(spark, handoff: Handoff, ddl: str):
+    """Spark side: Ray's result files as a DataFrame with schema ``ddl`` (the caller's: the
+    engine does not own a stage's columns). Empty when Ray wrote nothing (no input rows)."""
     out = ray_path(handoff.output_path)
     if "://" not in out and not any(Path(out).glob("*.parquet")):
-        return spark.createDataFrame([], RESULT_DDL)
-    return spark.read.schema(RESULT_DDL).parquet(handoff.output_path)
+        return spark.createDataFrame([], ddl)
+    return spark.read.schema(ddl).parquet(handoff.output_path)

@@ -105,3 +105,18 @@ def map_parquet_with_actors(input_path: str, output_path: str, actor_cls, constr
     wall = time.perf_counter() - t0
     return {"rows": n_rows, "blocks": n_blocks, "actors": ray_cfg.num_actors, "wall_s": round(wall, 3),
             "rows_per_s": round(n_rows / wall, 3) if wall > 0 else None}
+
+
+def map_frame_with_actors(spark, df, n_rows: int, *, handoff, actor_cls, constructor_kwargs: dict[str, Any],
+                          ray_cfg, out_ddl: str):
+    """Spark frame -> Parquet handoff -> Ray actor pool -> Spark frame with ``out_ddl``.
+
+    Returns (results frame, Ray stats); the caller removes ``handoff`` once the results are stored.
+    A failed actor pool (an actor that died, e.g. its model crashed) is re-raised as is: the
+    caller names the stage and the model (:mod:`pld_spark.engines.crash`)."""
+    from pld_spark.engines import handoff as ho
+
+    ho.write_input(df, handoff, num_files=max(ray_cfg.num_actors, min(64, math.ceil(n_rows / (ray_cfg.batch_size * 4)))))
+    stats = map_parquet_with_actors(ho.ray_path(handoff.input_path), ho.ray_path(handoff.output_path), actor_cls,
+                                    constructor_kwargs, ray_cfg, n_rows)
+    return ho.read_output(spark, handoff, out_ddl), stats

@@ -10,183 +10,23 @@ every backend behaves the same.
 from __future__ import annotations
 
 import logging
-import math
 import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from dataclasses import replace
+from typing import Any, Callable
 
-from pld_spark.errors import (
-    BadRequestError, FatalLLMError, LLMError, MalformedResponseError, RetryableLLMError)
+from pld_spark.errors import FatalLLMError, LLMError, MalformedResponseError, RetryableLLMError
+from pld_spark.llm.labels import LabelScorer, label_logprobs_from_top, map_to_label  # noqa: F401 - re-exported
+from pld_spark.llm.types import (  # noqa: F401 - the contract's types, re-exported for backends
+    ChatRequest, ChatResponse, ClassifyResult, LabelScores, LLMClient, approx_token_count)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ChatRequest:
-    """One chat call. ``json_schema`` asks for a JSON object with that schema (constrained
-    decoding where the backend can, validated parsing where it cannot)."""
-
-    messages: list[dict[str, str]]
-    json_schema: dict[str, Any] | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    template_version: str = ""
-    request_id: str = ""
-    #: backend options that change the answer (e.g. {"logprobs": True, "top_logprobs": 20}); part of the cache key
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ChatResponse:
-    """One result. A failed call is a response with ``error`` set (per-row failures are data)."""
-
-    request_id: str = ""
-    text: str = ""
-    data: dict[str, Any] | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_s: float = 0.0
-    model: str = ""
-    attempts: int = 0
-    cached: bool = False
-    cost_usd: float = 0.0
-    error: str | None = None
-    error_type: str | None = None  # exception class name when error is set
-    #: per generated token {"token", "logprob", "top_logprobs": [{"token", "logprob"}]} when asked for
-    logprobs: list[dict[str, Any]] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class ClassifyResult:
-    """Student output for one input: a label from the label set, always."""
-
-    label: str | None
-    probabilities: dict[str, float] = field(default_factory=dict)
-    raw_logprobs: dict[str, float] = field(default_factory=dict)
-    latency_s: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    prefix_reused_tokens: int = 0
-    calibration: str = "none"
-    error: str | None = None
-
-
-@runtime_checkable
-class LLMClient(Protocol):
-    backend: str
-    model_id: str
-
-    def chat(self, requests: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
-        """Answer a batch; never raises for a per-row failure (see ``ChatResponse.error``)."""
-
-    def chat_one(self, request: ChatRequest) -> ChatResponse:
-        """Answer one request; raises the typed :class:`pld_spark.errors.LLMError` on failure."""
-
-    def classify(self, system: str, inputs: list[str], labels: list[str],
-                 calibration: str | None = None) -> list[ClassifyResult]:
-        """Constrained label choice with per-label probabilities; ``system`` is the shared prefix.
-
-        ``calibration``: "none" | "content_free" | "batch"; ``None`` uses the client's config."""
-
-    def count_tokens(self, text: str) -> int:
-        """Token count with this model's tokenizer (or a documented estimate)."""
-
-    def stats(self) -> dict[str, Any]:
-        """Cumulative calls, cache hits, tokens in/out, cost, prefix reuse for this client."""
-
-
 # --------------------------------------------------------------------------- shared machinery
-@dataclass
-class LabelScores:
-    """A backend's raw answer for one classify input: per-label log-probabilities (any scale)."""
-
-    logprobs: dict[str, float] | None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    prefix_reused_tokens: int = 0
-    latency_s: float = 0.0
-    error: str | None = None
-    error_type: str | None = None
-
-
-def approx_token_count(text: str) -> int:
-    """About 4 characters per token: the estimate used where no tokenizer is loaded."""
-    return max(1, (len(text or "") + 3) // 4)
-
-
-_WORD = re.compile(r"[^\w\s-]+", re.UNICODE)
-
-
-def map_to_label(text: str, labels: Sequence[str]) -> str | None:
-    """Map free text to one label: exact, then JSON ``label`` field, then the label named first,
-    then the closest spelling (difflib ratio >= 0.6). ``None`` if nothing fits."""
-    import difflib
-
-    from pld_spark.llm.jsonparse import JSONAnswerError, extract_json
-
-    if not text:
-        return None
-    low = {lab.lower(): lab for lab in labels}
-    t = text.strip().strip("\"'`.:;!* \n").lower()
-    if t in low:
-        return low[t]
-    try:
-        obj = extract_json(text)
-        v = str(obj.get("label", "")).strip().lower()
-        if v in low:
-            return low[v]
-    except JSONAnswerError:
-        pass
-    clean = _WORD.sub(" ", text.lower())
-    best, pos = None, None
-    for key, lab in low.items():
-        m = re.search(r"(?<![\w-])" + re.escape(key) + r"(?![\w-])", clean)
-        if m and (pos is None or m.start() < pos):
-            best, pos = lab, m.start()
-    if best is not None:
-        return best
-    first = clean.split()[0] if clean.split() else ""
-    close = difflib.get_close_matches(first, list(low), n=1, cutoff=0.6)
-    return low[close[0]] if close else None
-
-
-def label_logprobs_from_top(top: list[dict[str, Any]], labels: list[str]) -> dict[str, float] | None:
-    """Per-label log-probability from one position's top tokens (logsumexp of the tokens
-    that begin the label). ``None`` if no top token begins any label. Labels not seen get
-    a floor below the least likely seen token."""
-    acc: dict[str, list[float]] = {lab: [] for lab in labels}
-    seen = []
-    for t in top:
-        tok = str(t.get("token", "")).strip().lower()
-        lp = t.get("logprob")
-        if not tok or lp is None or (isinstance(lp, float) and math.isnan(lp)):
-            continue
-        seen.append(float(lp))
-        for lab in labels:
-            if lab.lower().startswith(tok):
-                acc[lab].append(float(lp))
-    if not any(acc.values()):
-        return None
-    floor = (min(seen) if seen else 0.0) - 1.0
-    out = {}
-    for lab, vals in acc.items():
-        if vals:
-            m = max(vals)
-            out[lab] = m + math.log(sum(math.exp(v - m) for v in vals))
-        else:
-            out[lab] = floor
-    return out
-
-
-class BaseLLM:
+class BaseLLM(LabelScorer):
     """Shared behaviour of every backend: cache, retries, rate limit, accounting, JSON, classify.
 
     Subclasses implement :meth:`_chat_once` (one request; raise the typed errors of
@@ -198,6 +38,8 @@ class BaseLLM:
     backend: str = "base"
     #: I/O-bound backends (HTTP) may run a batch with several requests in flight.
     concurrent_requests: bool = False
+    #: backends that implement :meth:`embed` set this
+    can_embed: bool = False
     #: Output tokens a text-mode label answer may use.
     label_answer_tokens: int = 12
 
@@ -223,6 +65,11 @@ class BaseLLM:
         self.reset_stats()
 
     @property
+    def calibration(self) -> str:
+        """The calibration ``classify`` uses when not told one (``student.calibration``)."""
+        return self.cfg.calibration
+
+    @property
     def max_concurrency(self) -> int:
         """Requests worth keeping in flight at once: 1 for in-process engines (they serialise on
         one model), ``cfg.extra["max_in_flight"]`` (default 64) for HTTP backends."""
@@ -243,6 +90,11 @@ class BaseLLM:
 
     def close(self) -> None:
         """Release backend resources (HTTP sessions, engines). Safe to call twice."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        from pld_spark.errors import ConfigError
+
+        raise ConfigError(f"backend {self.backend!r} does not embed; choose another cluster.embedder")
 
     # ------------------------------------------------------------------ stats
     _ZERO = ("requests", "calls", "cache_hits", "persistent_cache_hits", "errors", "retries", "repairs",
@@ -373,17 +225,23 @@ class BaseLLM:
                 out[i] = self._from_entry(e, reqs[i])
         missing = sorted({keys[i] for i in range(len(reqs)) if out[i] is None})
         if missing and self.persistent_cache is not None:
-            try:
-                found = self.persistent_cache.get_many(missing)
-            except Exception:  # noqa: BLE001 - an unreadable cache means "miss", not a failed stage
-                log.exception("persistent cache lookup failed; treating %d keys as misses", len(missing))
-                found = {}
-            for e in found.values():
-                self.memory_cache.put(e)
+            found = self._persistent_get(missing)
             for i, k in enumerate(keys):
                 if out[i] is None and k in found:
                     out[i] = self._from_entry(found[k], reqs[i])
                     self._bump(persistent_cache_hits=1)
+
+    def _persistent_get(self, keys: list[str]) -> dict:
+        """Entries of the persistent cache layer for ``keys`` (also put in memory); an unreadable
+        cache means "miss", never a failed stage."""
+        try:
+            found = self.persistent_cache.get_many(keys)
+        except Exception:  # noqa: BLE001 - an unreadable cache means "miss", not a failed stage
+            log.exception("persistent cache lookup failed; treating %d keys as misses", len(keys))
+            return {}
+        for e in found.values():
+            self.memory_cache.put(e)
+        return found
 
     def _from_entry(self, e, req: ChatRequest) -> ChatResponse:
         self._bump(cache_hits=1)
@@ -479,80 +337,6 @@ class BaseLLM:
             self._bump(retries=1)
 
         return call_with_retry(once, self.policy, sleep=self._sleep, rand=self._rand, on_retry=on_retry)
-
-    # ------------------------------------------------------------------ classify
-    def classify(self, system: str, inputs: list[str], labels: list[str],
-                 calibration: str | None = None) -> list[ClassifyResult]:
-        """A label from ``labels`` for every input, with calibrated per-label probabilities.
-
-        ``calibration`` None uses ``cfg.calibration``. ``content_free`` scores one extra
-        content-free input per call; if that fails the batch falls back to ``batch``. A row
-        whose scoring failed gets ``label=None`` and ``error`` (per-row failures are data).
-        """
-        from pld_spark.llm.calibrate import CALIBRATIONS, CONTENT_FREE_INPUT, argmax_label, calibrate
-
-        method = calibration or self.cfg.calibration
-        if method not in CALIBRATIONS:
-            raise BadRequestError(f"unknown calibration {method!r}; expected one of {CALIBRATIONS}")
-        labels = list(labels)
-        if len(labels) < 2 or len(set(labels)) != len(labels) or any(not str(x).strip() for x in labels):
-            raise BadRequestError(f"classify needs at least two distinct non-empty labels, got {labels}")
-        inputs = list(inputs)
-        if not inputs:
-            return []
-        extra = [CONTENT_FREE_INPUT] if method == "content_free" else []
-        scores = self._label_logprobs(system, inputs + extra, labels)
-        if len(scores) != len(inputs) + len(extra):
-            raise LLMError(f"{self.backend}: label scoring returned {len(scores)} rows for {len(inputs) + len(extra)}")
-        cf = None
-        if extra:
-            cf_score = scores.pop()
-            cf = cf_score.logprobs
-            if cf is None:
-                log.warning("content-free calibration input failed (%s); using batch calibration", cf_score.error)
-                method = "batch"
-        raws = [s.logprobs if s.error is None and s.logprobs is not None else None for s in scores]
-        probs = calibrate(raws, labels, method, cf)
-        results = []
-        for s, raw, p in zip(scores, raws, probs):
-            if p is None:
-                results.append(ClassifyResult(label=None, latency_s=s.latency_s, tokens_in=s.tokens_in,
-                                              tokens_out=s.tokens_out, prefix_reused_tokens=s.prefix_reused_tokens,
-                                              calibration=method, error=s.error or "label scoring failed"))
-                continue
-            results.append(ClassifyResult(
-                label=argmax_label(p, labels), probabilities=p,
-                raw_logprobs={k: float(v) for k, v in raw.items()}, latency_s=s.latency_s, tokens_in=s.tokens_in,
-                tokens_out=s.tokens_out, prefix_reused_tokens=s.prefix_reused_tokens, calibration=method))
-        n_err = sum(1 for r in results if r.error)
-        self._bump(classify_inputs=len(inputs), classify_errors=n_err)
-        return results
-
-    def _label_logprobs_by_text(self, system: str, inputs: list[str], labels: list[str]) -> list[LabelScores]:
-        """Fallback scorer: ask for the label as text (cached like any chat), map it to the set.
-
-        The chosen label gets probability 0.98 and the others share the rest; an answer that
-        maps to no label gives a uniform distribution (counted in ``label_unmapped``).
-        """
-        instr = f"\n\nAnswer with exactly one of: {', '.join(labels)}. Output only the label."
-        sys_text = system if "Output only the label" in system else system + instr
-        reqs = [ChatRequest(messages=[{"role": "system", "content": sys_text}, {"role": "user", "content": x}],
-                            max_tokens=self.label_answer_tokens, temperature=0.0, template_version="classify-text")
-                for x in inputs]
-        return [self._scores_from_text(r, labels) for r in self.chat(reqs)]
-
-    def _scores_from_text(self, resp: ChatResponse, labels: list[str], chosen: str | None = None) -> LabelScores:
-        if not resp.ok:
-            return LabelScores(None, resp.tokens_in, resp.tokens_out, 0, resp.latency_s, resp.error, resp.error_type)
-        lab = chosen or map_to_label(resp.text, labels)
-        if lab is None:
-            self._bump(label_unmapped=1)
-            lp = {x: 0.0 for x in labels}
-        else:
-            rest = math.log(0.02 / (len(labels) - 1))
-            lp = {x: (math.log(0.98) if x == lab else rest) for x in labels}
-        return LabelScores(lp, resp.tokens_in, resp.tokens_out, 0, resp.latency_s)
-
 
 __all__ = ["ChatRequest", "ChatResponse", "ClassifyResult", "LLMClient", "BaseLLM", "LabelScores", "map_to_label",
            "approx_token_count", "label_logprobs_from_top", "RetryableLLMError"]

@@ -1,23 +1,37 @@
 """Calibration of per-label log-probabilities (pure functions, no model).
 
-Small models put most of their mass on one label whatever the input (a label prior).
-Three options, chosen by ``student.calibration``:
+Small models put most of their mass on one label whatever the input (a label prior). Per-batch
+options, applied inside ``classify``:
 
 - ``none``: softmax of the raw label log-probabilities.
 - ``content_free``: contextual calibration (Zhao et al. 2021): subtract the label
   log-probabilities the model gives a content-free input (e.g. ``"N/A"``) with the same
   rule prompt. Costs one extra scoring call per batch.
 - ``batch``: subtract, per label, the mean log-probability over the batch (batch-centring).
-  Free, but needs a batch that is not all one class (at least a few inputs).
+  Free, but it assumes the batch is balanced over the labels: a rare label is over-predicted.
 
+Calibration chosen on validation (``student.calibration: auto``, the default): a prompt's
+raw label scores on the validation split decide, and the choice is stored with the prompt
+version as fixed per-label offsets (:class:`Calibration`), so scoring applies it row by row,
+whatever the batch:
+
+- ``none``: offsets 0;
+- ``val_centred``: minus the mean validation log-probability per label (batch centring, with the
+  validation split as the batch);
+- ``prior``: ``val_centred`` plus the log of the train label prior (centring assumes balanced
+  labels; this puts the real label frequencies back);
+- ``fitted``: offsets fitted to maximise validation macro-F1 (coordinate search from ``prior``).
+
+:func:`choose` scores every candidate on validation and keeps the best (ties: the simpler).
 Every function returns probabilities over exactly the given labels that sum to 1.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Sequence
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
 
-Calibration = Literal["none", "content_free", "batch"]
 CALIBRATIONS: tuple[str, ...] = ("none", "content_free", "batch")
 CONTENT_FREE_INPUT = "N/A"
 FLOOR_LOGPROB = -1e4  # stands in for -inf so differences stay finite
@@ -79,3 +93,120 @@ def calibrate(raw: Sequence[Mapping[str, float] | None], labels: Sequence[str], 
             continue
         out.append(softmax({lab: r[lab] - shift[lab] for lab in labels}, labels))
     return out
+
+
+# ----------------------------------------------------------------------------- chosen on validation
+#: fixed-offset calibrations, simplest first (ties on validation go to the earlier one)
+FIXED_METHODS: tuple[str, ...] = ("none", "val_centred", "prior", "fitted")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fixed per-label offsets added to the renormalised log-probabilities of every row.
+
+    ``method`` says how they were chosen; ``val_macro_f1`` holds each candidate's validation
+    score (the evidence for the choice). Serialised as JSON with the prompt version."""
+
+    method: str
+    offsets: dict[str, float] = field(default_factory=dict)
+    val_macro_f1: dict[str, float] = field(default_factory=dict)
+    n_val: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Calibration | None":
+        if not text:
+            return None
+        d = json.loads(text)
+        return cls(d["method"], {k: float(v) for k, v in (d.get("offsets") or {}).items()},
+                   {k: float(v) for k, v in (d.get("val_macro_f1") or {}).items()}, int(d.get("n_val") or 0))
+
+    def apply(self, raw: Sequence[Mapping[str, float] | None], labels: Sequence[str]) -> list[dict[str, float] | None]:
+        """Calibrated probabilities per row (``None`` rows stay ``None``)."""
+        out: list[dict[str, float] | None] = []
+        for r in raw:
+            if r is None:
+                out.append(None)
+                continue
+            n = log_softmax(r, labels)
+            out.append(softmax({lab: n[lab] + self.offsets.get(lab, 0.0) for lab in labels}, labels))
+        return out
+
+
+def _norm_rows(raw: Sequence[Mapping[str, float] | None], labels: Sequence[str]) -> list[dict[str, float] | None]:
+    return [log_softmax(r, labels) if r is not None else None for r in raw]
+
+
+def _predict(norm: Sequence[dict[str, float] | None], labels: Sequence[str], offsets: Mapping[str, float]) -> list:
+    out = []
+    for r in norm:
+        if r is None:
+            out.append(None)
+            continue
+        best, best_v = None, -math.inf
+        for lab in labels:
+            v = r[lab] + offsets.get(lab, 0.0)
+            if v > best_v:
+                best, best_v = lab, v
+        out.append(best)
+    return out
+
+
+def centring_offsets(norm: Sequence[dict[str, float] | None], labels: Sequence[str]) -> dict[str, float]:
+    ok = [r for r in norm if r is not None]
+    return {lab: (-sum(r[lab] for r in ok) / len(ok) if ok else 0.0) for lab in labels}
+
+
+def prior_offsets(centred: Mapping[str, float], prior: Mapping[str, float] | None, labels: Sequence[str]) -> dict[str, float]:
+    if not prior:
+        return dict(centred)
+    total = sum(max(0.0, float(prior.get(lab, 0.0))) for lab in labels) or 1.0
+    return {lab: centred[lab] + math.log(max(float(prior.get(lab, 0.0)) / total, 1e-4)) for lab in labels}
+
+
+def fit_offsets(norm: Sequence[dict[str, float] | None], gold: Sequence[str], labels: Sequence[str],
+                start: Mapping[str, float], *, passes: int = 3,
+                steps: Sequence[float] = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0)) -> dict[str, float]:
+    """Per-label offsets maximising macro-F1 on (``norm``, ``gold``) by coordinate search from
+    ``start``: each pass tries each step on each label and keeps a change only if it raises the
+    score (strictly), so the result is deterministic and never worse than ``start``."""
+    from pld_spark.metrics import macro_f1
+
+    cur = {lab: float(start.get(lab, 0.0)) for lab in labels}
+    best = macro_f1(gold, _predict(norm, labels, cur), labels)
+    for _ in range(passes):
+        improved = False
+        for lab in labels[1:]:  # offsets are defined up to a constant: the first label stays fixed
+            for step in steps:
+                trial = {**cur, lab: cur[lab] + step}
+                score = macro_f1(gold, _predict(norm, labels, trial), labels)
+                if score > best + 1e-12:
+                    cur, best, improved = trial, score, True
+        if not improved:
+            break
+    return cur
+
+
+def choose(raw: Sequence[Mapping[str, float] | None], gold: Sequence[str], labels: Sequence[str],
+           prior: Mapping[str, float] | None = None, methods: Sequence[str] = FIXED_METHODS) -> Calibration:
+    """The best fixed-offset calibration on validation (``raw``: the prompt's raw label scores of the
+    validation rows, ``gold`` their labels; ``prior``: train label counts or shares)."""
+    from pld_spark.metrics import macro_f1
+
+    labels = list(labels)
+    unknown = [m for m in methods if m not in FIXED_METHODS]
+    if unknown:
+        raise ValueError(f"unknown calibration methods {unknown}; expected some of {FIXED_METHODS}")
+    norm = _norm_rows(raw, labels)
+    zero = {lab: 0.0 for lab in labels}
+    centred = centring_offsets(norm, labels)
+    cands: dict[str, dict[str, float]] = {"none": zero, "val_centred": centred,
+                                          "prior": prior_offsets(centred, prior, labels)}
+    if "fitted" in methods:
+        cands["fitted"] = fit_offsets(norm, gold, labels, cands["prior"])
+    scores = {m: macro_f1(gold, _predict(norm, labels, cands[m]), labels) for m in methods}
+    best = max(methods, key=lambda m: (scores[m], -list(FIXED_METHODS).index(m)))
+    return Calibration(best, {k: round(v, 6) for k, v in cands[best].items()},
+                       {m: round(v, 6) for m, v in scores.items()}, n_val=len(gold))

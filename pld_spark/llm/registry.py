@@ -43,25 +43,13 @@ def backend_class(type_: str):
     return getattr(mod, cls_name)
 
 
-def _as_cache(store, run_id: str = ""):
-    """Accept a DeltaCache-like object, or a DeltaStore (wrapped), or None."""
-    if store is None:
-        return None
-    if hasattr(store, "get_many") and hasattr(store, "put_many"):
-        return store
-    if hasattr(store, "merge") and hasattr(store, "read"):
-        from pld_spark.llm.cache import DeltaCache
-
-        return DeltaCache(store, run_id=run_id)
-    raise TypeError(f"store must be a DeltaCache or DeltaStore, got {type(store).__name__}")
-
-
-def build_client(llm_cfg, role: str = "student", store=None, **kwargs):
-    """A new client for ``llm_cfg``. ``store``: a DeltaCache (or DeltaStore) for the persistent cache layer."""
+def build_client(llm_cfg, role: str = "student", cache=None, **kwargs):
+    """A new client for ``llm_cfg``. ``cache``: the persistent response-cache layer (a
+    :class:`pld_spark.llm.cache.DeltaCache`), or None for the in-memory cache only."""
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     cls = backend_class(llm_cfg.type)
-    return cls(llm_cfg, role=role, cache=_as_cache(store), **kwargs)
+    return cls(llm_cfg, role=role, cache=cache, **kwargs)
 
 
 def config_key(llm_cfg) -> str:

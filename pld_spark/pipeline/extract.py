@@ -31,6 +31,10 @@ run that then died had claimed them stay pending for the next run. ``extract.cla
 turns this off. Claim times come from each driver's clock, so drivers on different hosts
 need synchronised clocks (NTP) for the "before this run started" test.
 
+Accounting: each batch's tokens, calls and cost go into the run record as soon as its calls
+return, and after its commit the run appends a 'running' row to ``runs`` with the usage so far
+(:meth:`pld_spark.context.RunContext.progress`), so a killed run still shows what it paid for.
+
 Error budget: when more than ``extract.max_error_rate`` of this run's calls failed, the stage
 raises :class:`pld_spark.errors.StageError` naming the counts (already-written rows stay).
 It stops early as soon as the budget can no longer be met.
@@ -46,6 +50,7 @@ from typing import Any, Callable
 
 from pld_spark.errors import StageError
 from pld_spark.prompts.teacher import RuleLimits, injection_flag, parse_extract, render_extract, validate_rule
+from pld_spark.storage.readers import teacher_model_id
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,6 @@ MAP_DDL = ("micro_id STRING, example_id STRING, teacher_model STRING, template_v
            "rule STRING, reasoning STRING, valid BOOLEAN, invalid_reason STRING, injection_flag BOOLEAN, "
            "tokens_in BIGINT, tokens_out BIGINT, latency_s DOUBLE, attempts INT, cached BOOLEAN, error STRING, "
            "cost_usd DOUBLE")
-
-
-def teacher_model_id(llm_cfg) -> str:
-    """The teacher's identity in the resume key, from config (no model is loaded to know it)."""
-    return f"{llm_cfg.type}:{llm_cfg.model}"
 
 
 def micro_id(example_id: str, teacher_model: str, template_version: str) -> str:
@@ -160,7 +160,7 @@ def claim(store, ids: list[str], teacher_model: str, template_version: str, run_
     store.merge("extract_claims",
                 spark.createDataFrame([(i, teacher_model, template_version, run_id, now) for i in ids],
                                       EXTRACT_CLAIMS.ddl),
-                update=True, update_when=F.col("t.claimed_at") < F.lit(run_started))
+                update=True, update_when=f"t.claimed_at < TIMESTAMP '{run_started.isoformat()}'")
     owned = {r.example_id for r in store.read("extract_claims").where(
         (F.col("teacher_model") == teacher_model) & (F.col("template_version") == template_version)
         & (F.col("run_id") == run_id) & F.col("example_id").isin(ids)).select("example_id").collect()}
@@ -171,7 +171,7 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Extract rules for the pending train examples in crash-safe batches (see module doc)."""
     from pyspark.sql import functions as F
 
-    from pld_spark.pipeline.ingest import current_examples
+    from pld_spark.storage.readers import current_examples
     from pld_spark.storage.catalog import MICRO_INSTRUCTIONS
 
     cfg, store, spark = ctx.cfg, ctx.store, ctx.spark
@@ -186,7 +186,9 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
                               "errors": 0, "invalid": 0, "injection_flags": 0, "batches": 0, "claimed_elsewhere": 0,
                               "teacher_model": tm, "template_version": tv}
     log.info("extract: %d train examples, %d pending for (%s, %s)", n_train, len(todo), tm, tv)
-    parallelism = ecfg.partitions or spark.sparkContext.defaultParallelism
+    from pld_spark.engines.spark import default_parallelism
+
+    parallelism = ecfg.partitions or default_parallelism(spark, cfg.spark)
     usage = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
     try:
         for start in range(0, len(todo), ecfg.batch_size):
@@ -204,27 +206,34 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
             mapped = transform(part, cfg, client_factory=client_factory,
                                partitions=max(1, min(parallelism, len(chunk))))
             rows = [r.asDict() for r in mapped.collect()]  # the model calls happen here, once
+            # paid now, whatever happens to the write below: into the run record at once
+            batch_usage = (sum(r["tokens_in"] or 0 for r in rows), sum(r["tokens_out"] or 0 for r in rows),
+                           sum(r["cost_usd"] or 0.0 for r in rows))
+            ctx.record.add_usage(STAGE, batch_usage[0], batch_usage[1], len(rows), batch_usage[2], role="teacher")
+            usage["tokens_in"] += batch_usage[0]
+            usage["tokens_out"] += batch_usage[1]
+            usage["cost"] += batch_usage[2]
+            counts["sent"] += len(rows)
             now = datetime.now(timezone.utc)
             cols = MICRO_INSTRUCTIONS.columns
             records = [tuple({**r, "run_id": ctx.run_id, "created_at": now}.get(c) for c in cols) for r in rows]
             if records:
                 store.merge("micro_instructions", spark.createDataFrame(records, MICRO_INSTRUCTIONS.ddl), update=True)
             counts["batches"] += 1
-            counts["sent"] += len(rows)
             errs = sum(r["error"] is not None for r in rows)
             counts["errors"] += errs
             counts["ok"] += len(rows) - errs
             counts["invalid"] += sum(r["error"] is None and not r["valid"] for r in rows)
             counts["injection_flags"] += sum(bool(r["injection_flag"]) for r in rows)
-            usage["tokens_in"] += sum(r["tokens_in"] or 0 for r in rows)
-            usage["tokens_out"] += sum(r["tokens_out"] or 0 for r in rows)
-            usage["cost"] += sum(r["cost_usd"] or 0.0 for r in rows)
             log.info("extract: batch %d written (%d/%d sent, %d errors)", counts["batches"], counts["sent"],
                      len(todo), counts["errors"])
+            # one runs row per committed batch: a run killed later still shows what it paid for
+            ctx.record.add_counts(STAGE, **{**counts, "tokens_in": usage["tokens_in"],
+                                             "tokens_out": usage["tokens_out"]})
+            ctx.progress()
             if counts["errors"] > ecfg.max_error_rate * len(todo):
                 break  # the budget can no longer be met: stop paying for calls
     finally:
-        ctx.record.add_usage(usage["tokens_in"], usage["tokens_out"], counts["sent"], usage["cost"])
         counts.update(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"])
         ctx.record.add_counts(STAGE, **counts)
     if counts["sent"] and counts["errors"] > ecfg.max_error_rate * len(todo):

@@ -1,69 +1,55 @@
 """resolve: the conflict-resolution loop -> ``resolution_rounds``, new ``rules``/``prompts``.
 
-Start: the task's ``clustered`` prompt (latest alias row) and its rules. Round 0 scores it.
+Start: the task's ``selected`` prompt (``clustered`` when select has not run since consolidate)
+and its rules. Round 0 scores it.
 Round t (1..``resolve.max_rounds``):
 
-1. The student (``ctx.student.classify`` in-process on the driver, batches of
-   ``resolve.score_batch_size``) has scored a seeded sample of ``resolve.train_sample`` train
-   rows and all val rows with the current prompt.
+1. The student (in-process on the driver, :class:`pld_spark.validation.PromptJudge`) has scored
+   all val rows with the current prompt (choosing its calibration there) and a seeded sample of
+   ``resolve.train_sample`` train rows with that calibration.
 2. A stratified, seeded sample of train failures (up to ``failures_per_class`` per gold
    label, spread round-robin over the (gold, predicted) strata) and successes (up to
    ``successes_per_class`` per gold label) goes to the teacher with the current rules.
 3. The teacher returns operations ``[{op: modify|add|delete, rule_id?, instruction?, label?}]``;
    valid ones are applied (invalid ones are skipped with a reason in the rule diff), and the
    candidate prompt is assembled with the same reviews and budget as consolidate.
-4. The candidate is scored on val. It is accepted only if its val macro-F1 is at least the
-   best so far plus ``min_delta``; otherwise the loop stops. No failures, no valid operation
-   or an unchanged prompt also stop it.
+4. The candidate is scored on val (its own calibration chosen there) and compared with the current
+   prompt on the same rows (paired bootstrap): it is accepted only if the comparison favours it
+   in at least ``accept_confidence`` of the resamples and by at least ``min_delta``; otherwise the
+   loop stops. No failures, no valid operation (after one retry with a different sample,
+   ``retry_empty``) or an unchanged prompt also stop it.
 
-The run's output is the best-scoring prompt: alias ``distilled`` points at it (the starting
-prompt when nothing beat it, so the loop can never ship a worse prompt than it started from).
+The loop's best prompt gets alias ``resolved`` (the starting prompt when nothing beat it, so the
+loop never ships a worse prompt than it started from). It is promoted to ``distilled`` only if it
+beats the better zero-shot prompt (label descriptions or bare names) on val by the same paired
+test; otherwise the run says so and ``distilled`` stays where it was.
 Every round writes a ``resolution_rounds`` row (metrics, sample ids, rule diff JSON,
 accepted). Rejected candidates are stored too (kind ``pld_rejected``) so they can be
-inspected; accepted ones have kind ``pld_resolved``. Macro-F1 is scikit-learn's
-``f1_score(average='macro', labels=<label set>)``; a student error counts as a wrong answer.
+inspected; accepted ones have kind ``pld_resolved``. Macro-F1 is :func:`pld_spark.metrics.macro_f1`;
+a student error counts as a wrong answer.
+
+The loop itself (:func:`run_loop`) is pure: it takes the student's scoring, the teacher's
+proposal and the prompt assembly as plain functions, so its decisions are unit-tested without
+Spark or a model; :func:`run` wires them to the run context and writes the tables.
 """
 from __future__ import annotations
 
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from pld_spark.errors import ContractError
-from pld_spark.pipeline.consolidate import (ClusterRule, build_prompt, canonical_label, latest_reviews, pinned_rules,
-                                            rule_id, set_alias, student_token_counter, write_prompt, write_rules)
-from pld_spark.prompts.teacher import parse_operations, render_resolve, validate_rule
+from pld_spark.prompts.rules import BuiltPrompt, Rule, canonical_label, rule_id
+from pld_spark.prompts.teacher import RuleLimits, validate_rule
 
 log = logging.getLogger(__name__)
 
 STAGE = "resolve"
 KIND_ACCEPTED = "pld_resolved"
 KIND_REJECTED = "pld_rejected"
-ALIAS = "distilled"
-START_ALIAS = "clustered"
-NO_LABEL = "<none>"
-
-
-def macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> float:
-    """Macro-F1 over the label set (a prediction outside it only costs recall)."""
-    from sklearn.metrics import f1_score
-
-    if not gold:
-        return 0.0
-    return float(f1_score(list(gold), list(pred), average="macro", labels=list(labels), zero_division=0))
-
-
-def score(student, system: str, texts: Sequence[str], labels: Sequence[str], calibration: str,
-          batch_size: int = 16) -> list[str]:
-    """Student labels for ``texts`` (``NO_LABEL`` where the student returned an error)."""
-    out: list[str] = []
-    for i in range(0, len(texts), batch_size):
-        res = student.classify(system, list(texts[i: i + batch_size]), list(labels), calibration=calibration)
-        out.extend(r.label if (r.error is None and r.label is not None) else NO_LABEL for r in res)
-    return out
 
 
 def stratified_sample(rows: Sequence[dict], per_class: int, seed: int, labels: Sequence[str]) -> list[dict]:
@@ -89,30 +75,19 @@ def stratified_sample(rows: Sequence[dict], per_class: int, seed: int, labels: S
     return picked
 
 
-@dataclass
-class RuleSet:
-    """The rules behind one prompt: rule dicts with rule_id, label, instruction, support, topic."""
-
-    rules: list[dict]
-
-    def ids(self) -> list[str]:
-        return [r["rule_id"] for r in self.rules]
-
-
-def apply_operations(ruleset: RuleSet, ops: Sequence[dict], label_names: Sequence[str], *,
-                     source_example_ids: Sequence[str] = (), limits=None) -> tuple[RuleSet, list[ClusterRule], dict]:
-    """Apply teacher operations -> (new rule set, new rule rows, diff). Pure.
+def apply_operations(rules: list[dict], ops: Sequence[dict], label_names: Sequence[str], *,
+                     source_example_ids: Sequence[str] = (),
+                     limits: RuleLimits | None = None) -> tuple[list[dict], list[Rule], dict]:
+    """Apply teacher operations -> (new rule list, new rule rows, diff). Pure.
 
     modify: a new rule (``parent_rule_id`` = old id, inheriting its micro-instruction lineage)
     replaces the old one; add: a new rule; delete: removes the rule. Invalid operations
     (unknown rule id, label outside the set, rule failing validation) are skipped with a reason.
     """
-    from pld_spark.prompts.teacher import RuleLimits
-
     limits = limits or RuleLimits()
-    by_id = {r["rule_id"]: dict(r) for r in ruleset.rules}
+    by_id = {r["rule_id"]: dict(r) for r in rules}
     order = list(by_id)
-    new_rows: list[ClusterRule] = []
+    new_rows: list[Rule] = []
     diff: dict[str, list] = {"modified": [], "added": [], "deleted": [], "skipped": []}
     for op in ops:
         kind = (op.get("op") or "").lower()
@@ -146,161 +121,238 @@ def apply_operations(ruleset: RuleSet, ops: Sequence[dict], label_names: Sequenc
         if new_id in by_id:
             diff["skipped"].append({**op, "reason": "no change"})
             continue
-        row = ClusterRule(new_id, int((old or {}).get("cluster_id", -1) if old else -1), (old or {}).get("topic") or "",
-                          text, label, int((old or {}).get("support") or 0) if old else 0, "resolve", members,
-                          parent_rule_id=rid or None, source_example_ids=list(source_example_ids))
+        row = Rule(new_id, int(old.get("cluster_id", -1)) if old else -1, (old or {}).get("topic") or "", text, label,
+                   int(old.get("support") or 0) if old else 0, "resolve", members, parent_rule_id=rid or None,
+                   source_example_ids=list(source_example_ids))
         new_rows.append(row)
-        entry = {"rule_id": new_id, "label": label, "instruction": text, "support": row.support, "topic": row.topic,
-                 "member_micro_ids": members, "cluster_id": row.cluster_id}
+        entry = {**row.as_prompt_rule(), "member_micro_ids": members, "cluster_id": row.cluster_id}
         if old is not None:
-            pos = order.index(rid)
+            order[order.index(rid)] = new_id
             del by_id[rid]
-            order[pos] = new_id
-            by_id[new_id] = entry
             diff["modified"].append({"from": rid, "to": new_id})
         else:
-            by_id[new_id] = entry
             order.append(new_id)
             diff["added"].append(new_id)
-    return RuleSet([by_id[i] for i in order]), new_rows, diff
+        by_id[new_id] = entry
+    return [by_id[i] for i in order], new_rows, diff
 
 
-def load_rules(store, rule_ids: Sequence[str]) -> list[dict]:
-    """Rule dicts (in ``rule_ids`` order) from the ``rules`` table."""
-    from pyspark.sql import functions as F
+# ----------------------------------------------------------------------------- the loop (pure)
+@dataclass
+class RoundRecord:
+    """One ``resolution_rounds`` row (without run bookkeeping)."""
 
-    if not rule_ids:
-        return []
-    rows = {r.rule_id: r.asDict() for r in store.read("rules").where(F.col("rule_id").isin(list(rule_ids)))
-            .select("rule_id", "label", "instruction", "support", "topic", "member_micro_ids", "cluster_id").collect()}
-    return [rows[i] for i in rule_ids if i in rows]
+    round: int
+    prompt_version: str
+    candidate_version: str | None = None
+    train_macro_f1: float | None = None
+    val_macro_f1: float | None = None
+    candidate_val_macro_f1: float | None = None
+    failures_sampled: int = 0
+    successes_sampled: int = 0
+    sampled_example_ids: list[str] = field(default_factory=list)
+    rule_diff: str | None = None
+    accepted: bool = False
+    note: str = ""
 
 
-def start_prompt(ctx) -> dict:
-    """The task's ``clustered`` prompt row (latest alias row)."""
-    from pld_spark.pipeline.review import resolve_version
+@dataclass
+class Proposal:
+    """The teacher's answer for one round: operations, or the error of a failed call."""
 
-    version = resolve_version(ctx, START_ALIAS)
-    row = ctx.store.read("prompts").where(f"prompt_version = '{version}'").first()
-    return row.asDict()
+    operations: list[dict] = field(default_factory=list)
+    error: str | None = None
 
 
-def _sample_rows(pdf_rows: list[dict], n: int | None, seed: int) -> list[dict]:
-    rows = sorted(pdf_rows, key=lambda r: r["example_id"])
+@dataclass
+class LoopResult:
+    rounds: list[RoundRecord]
+    best_version: str
+    best_rules: list[dict]
+    start_val: float
+    best_val: float
+    stop_reason: str
+    best: Any = None  # the best prompt's pld_spark.validation.Scored on val
+    new_rules: list[Rule] = field(default_factory=list)
+    #: (built prompt, kind, parent version, its Scored on val) of every candidate that was scored
+    candidates: list[tuple[BuiltPrompt, str, str, Any]] = field(default_factory=list)
+
+    @property
+    def accepted_rounds(self) -> int:
+        return sum(r.accepted for r in self.rounds[1:])
+
+
+def run_loop(start_version: str, start_text: str, start_rules: list[dict], train: list[dict], val: list[dict],
+             labels: Sequence[str], rcfg, *, judge, propose: Callable[..., Proposal],
+             build: Callable[[list[dict]], BuiltPrompt]) -> LoopResult:
+    """The conflict-resolution loop over plain data (see the module docstring).
+
+    ``judge``: ``fit(text, rows) -> Scored`` (val, chooses the calibration), ``apply(text, rows,
+    calibration) -> Scored`` (train) and ``compare(rows, a, b) -> paired stats`` (see
+    :class:`pld_spark.validation.PromptJudge`); ``propose(round, rules, failures, successes)``;
+    ``build(rules) -> BuiltPrompt``. Rows are dicts with example_id, input_text, label."""
+    cur_version, cur_rules = start_version, list(start_rules)
+    cur = judge.fit(start_text, val)
+    tr = judge.apply(start_text, train, cur.calibration) if rcfg.max_rounds > 0 else None
+    res = LoopResult([RoundRecord(0, cur_version, train_macro_f1=tr.f1 if tr else None, val_macro_f1=cur.f1,
+                                  accepted=True, note="start prompt")], cur_version, cur_rules, cur.f1, cur.f1,
+                     "max_rounds reached" if rcfg.max_rounds else "max_rounds is 0", best=cur)
+    for t in range(1, rcfg.max_rounds + 1):
+        scored = [{**r, "pred": p} for r, p in zip(train, tr.preds)]
+        rec = RoundRecord(t, cur_version, train_macro_f1=tr.f1, val_macro_f1=cur.f1)
+        res.rounds.append(rec)
+        diff: dict = {}
+        for attempt in range(2 if rcfg.retry_empty else 1):
+            seed = rcfg.seed + t + 500 * attempt
+            fails = stratified_sample([r for r in scored if r["pred"] != r["label"]], rcfg.failures_per_class,
+                                      seed, labels)
+            oks = stratified_sample([r for r in scored if r["pred"] == r["label"]], rcfg.successes_per_class,
+                                    seed + 1000, labels)
+            rec.failures_sampled, rec.successes_sampled = len(fails), len(oks)
+            rec.sampled_example_ids = [r["example_id"] for r in fails + oks]
+            if not fails:
+                break
+            prop = propose(t, cur_rules, fails, oks)
+            if prop.error is not None:
+                break
+            cand_rules, new_rows, diff = apply_operations(cur_rules, prop.operations[: rcfg.max_operations], labels,
+                                                          source_example_ids=rec.sampled_example_ids)
+            diff["attempt"] = attempt + 1
+            if diff["modified"] or diff["added"] or diff["deleted"]:
+                break
+        rec.rule_diff = json.dumps(diff, sort_keys=True) if diff else None
+        if not fails:
+            rec.note = res.stop_reason = "no train failures"
+            break
+        if prop.error is not None:
+            rec.note = res.stop_reason = f"teacher call failed: {prop.error}"[:500]
+            break
+        if not (diff["modified"] or diff["added"] or diff["deleted"]):
+            rec.note = res.stop_reason = "teacher proposed no valid operation" + (
+                " (twice, with two different samples)" if rcfg.retry_empty else "")
+            break
+        built = build(cand_rules)
+        rec.candidate_version = built.assembled.version
+        if rec.candidate_version == cur_version:
+            rec.candidate_val_macro_f1 = cur.f1
+            rec.note = res.stop_reason = "candidate prompt is identical to the current one"
+            break
+        cand = judge.fit(built.assembled.text, val)
+        stat = judge.compare(val, cand, cur)
+        rec.candidate_val_macro_f1 = cand.f1
+        rec.accepted = stat["p_a_better"] >= rcfg.accept_confidence and stat["delta"] >= rcfg.min_delta
+        res.new_rules.extend(new_rows)
+        res.candidates.append((built, KIND_ACCEPTED if rec.accepted else KIND_REJECTED, cur_version, cand))
+        rec.note = (f"{'accepted' if rec.accepted else 'rejected'}: val macro-F1 {cur.f1:.4f} -> {cand.f1:.4f}, "
+                    f"paired delta {stat['delta']:+.4f} [{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}], "
+                    f"candidate better in {stat['p_a_better']:.0%} of resamples (needs {rcfg.accept_confidence:.0%} "
+                    f"and delta >= {rcfg.min_delta})")
+        log.info("resolve round %d: %s", t, rec.note)
+        if not rec.accepted:
+            res.stop_reason = "candidate not better than the current prompt on the paired val test"
+            break
+        cur_version, cur_rules, cur = rec.candidate_version, cand_rules, cand
+        tr = judge.apply(cand.text, train, cand.calibration) if t < rcfg.max_rounds else None
+    res.best_version, res.best_rules, res.best_val, res.best = cur_version, cur_rules, cur.f1, cur
+    return res
+
+
+# ----------------------------------------------------------------------------- stage
+def sample_rows(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """A seeded sample of ``n`` rows (all when ``n`` is None or larger), sorted by example_id."""
+    rows = sorted(rows, key=lambda r: r["example_id"])
     if n is None or len(rows) <= n:
         return rows
-    rng = random.Random(seed)
-    return sorted(rng.sample(rows, n), key=lambda r: r["example_id"])
+    return sorted(random.Random(seed).sample(rows, n), key=lambda r: r["example_id"])
+
+
+def promotion(judge, val: list[dict], best, zero_shots: dict[str, Any], confidence: float) -> tuple[bool, str, dict]:
+    """Does ``best`` beat the better zero-shot prompt on val (paired)? -> (promote, reason, stats)."""
+    name, zs = max(zero_shots.items(), key=lambda kv: (kv[1].f1, kv[0]))
+    stat = judge.compare(val, best, zs)
+    ok = stat["p_a_better"] >= confidence and stat["delta"] > 0
+    why = (f"val macro-F1 {best.f1:.4f} vs {name} {zs.f1:.4f}: paired delta {stat['delta']:+.4f} "
+           f"[{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}], better in {stat['p_a_better']:.0%} of resamples")
+    return ok, ("promoted: " if ok else "NOT promoted (does not beat zero-shot on val): ") + why, {**stat, "vs": name}
+
+
+def _store(ctx, versions, res: LoopResult, promote: bool, why: str) -> None:
+    """Rules, candidate prompts and their calibrations, rounds, and the aliases the loop moves."""
+    from pld_spark.prompts.versions import ALIAS_DISTILLED, ALIAS_RESOLVED, PromptVersion
+    from pld_spark.storage import readers
+    from pld_spark.storage.catalog import RESOLUTION_ROUNDS
+    from pld_spark.storage.writers import frame, write_rules
+
+    cfg = ctx.cfg
+    write_rules(ctx, res.new_rules, None, readers.teacher_model_id(cfg.teacher))
+    versions.write([PromptVersion.from_assembled(cfg.task.name, kind, b.assembled, parent_version=parent,
+                                                 review_ids=b.review_ids, dropped_rule_ids=b.dropped_rule_ids,
+                                                 run_id=ctx.run_id) for b, kind, parent, _ in res.candidates])
+    student_id = f"{ctx.student.backend}:{ctx.student.model_id}"
+    for version, scored in [(res.best_version, res.best)] + [(b.assembled.version, s) for b, _, _, s in res.candidates]:
+        if not isinstance(scored.calibration, str):
+            versions.set_calibration(version, student_id, scored.calibration, ctx.run_id)
+    now = datetime.now(timezone.utc)
+    ctx.store.merge("resolution_rounds", frame(ctx.spark, RESOLUTION_ROUNDS, [
+        {**asdict(r), "run_id": ctx.run_id, "created_at": now} for r in res.rounds]), update=True)
+    versions.set_alias(ALIAS_RESOLVED, res.best_version, by="pld resolve", note=f"run {ctx.run_id}: {res.stop_reason}")
+    if promote:
+        versions.set_alias(ALIAS_DISTILLED, res.best_version, by="pld resolve", note=f"run {ctx.run_id}: {why}")
+    else:
+        log.warning("resolve: %s", why)
 
 
 def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
-    """Run the loop (see module doc); returns counts including the final prompt version."""
-    from pld_spark.pipeline.extract import teacher_model_id
-    from pld_spark.pipeline.ingest import current_examples
-    from pld_spark.storage.catalog import RESOLUTION_ROUNDS
+    """Run the loop from the selected prompt; see the module docstring for the aliases it moves."""
+    from pld_spark.prompts.rules import build_prompt
+    from pld_spark.prompts.student import assemble
+    from pld_spark.prompts.teacher import parse_operations, render_resolve
+    from pld_spark.prompts.versions import ALIAS_CLUSTERED, ALIAS_SELECTED, PromptVersions
+    from pld_spark.storage import readers
+    from pld_spark.validation import PromptJudge
 
-    cfg, store, spark = ctx.cfg, ctx.store, ctx.spark
-    rcfg, labels = cfg.resolve, cfg.task.label_names
-    start = start_prompt(ctx)
-    train = _sample_rows([r.asDict() for r in current_examples(ctx, "train").select("example_id", "input_text", "label")
-                          .collect()], rcfg.train_sample, rcfg.seed)
+    cfg, store, rcfg, labels = ctx.cfg, ctx.store, ctx.cfg.resolve, ctx.cfg.task.label_names
+    versions = PromptVersions(store, cfg.task.name)
+    start = versions.resolve(versions.latest_alias([ALIAS_SELECTED, ALIAS_CLUSTERED]) or ALIAS_CLUSTERED)
+    all_train = readers.example_rows(ctx, "train")
+    train = sample_rows(all_train, rcfg.train_sample, rcfg.seed)
     try:
-        val = sorted((r.asDict() for r in current_examples(ctx, "val").select("example_id", "input_text", "label")
-                      .collect()), key=lambda r: r["example_id"])
+        val = readers.example_rows(ctx, "val")
     except ContractError:
         raise ContractError(f"resolve needs val examples to compare prompts; none for task '{cfg.task.name}' "
                             f"(dataset.split.val={cfg.dataset.split.val})") from None
-    student = ctx.student
-    counter = count_tokens or student_token_counter(ctx)
-    reviews = latest_reviews(store)
-    extra_pinned = pinned_rules(store, cfg.task.name, reviews)
+    judge = PromptJudge.from_ctx(ctx, all_train)
+    reviews = readers.latest_reviews(store)
+    pinned = readers.pinned_rules(store, cfg.task.name, reviews)
+    counter = count_tokens or ctx.student.count_tokens
 
-    def evaluate(text: str, rows: list[dict]) -> tuple[float, list[str]]:
-        preds = score(student, text, [r["input_text"] for r in rows], labels, cfg.student.calibration,
-                      rcfg.score_batch_size)
-        return macro_f1([r["label"] for r in rows], preds, labels), preds
-
-    now = lambda: datetime.now(timezone.utc)  # noqa: E731
-    cur_version, cur_text = start["prompt_version"], start["text"]
-    cur_rules = RuleSet(load_rules(store, start["rule_ids"] or []))
-    best_val, _ = evaluate(cur_text, val)
-    start_val = best_val
-    train_f1, train_pred = evaluate(cur_text, train) if rcfg.max_rounds > 0 else (None, [])
-    rounds = [(ctx.run_id, 0, cur_version, None, train_f1, best_val, None, 0, 0, [], None, True, "start prompt",
-               now())]
-    usage = {"tokens_in": 0, "tokens_out": 0, "calls": 0, "cost": 0.0}
-    accepted_rounds = 0
-    stop_reason = "max_rounds reached" if rcfg.max_rounds else "max_rounds is 0"
-    for t in range(1, rcfg.max_rounds + 1):
-        scored = [{**r, "pred": p} for r, p in zip(train, train_pred)]
-        fails = stratified_sample([r for r in scored if r["pred"] != r["label"]], rcfg.failures_per_class,
-                                  rcfg.seed + t, labels)
-        oks = stratified_sample([r for r in scored if r["pred"] == r["label"]], rcfg.successes_per_class,
-                                rcfg.seed + 1000 + t, labels)
-        sampled_ids = [r["example_id"] for r in fails + oks]
-        base = (ctx.run_id, t, cur_version)
-        if not fails:
-            stop_reason = "no train failures"
-            rounds.append((*base, None, train_f1, best_val, None, 0, len(oks), sampled_ids, None, False,
-                           stop_reason, now()))
-            break
-        req = render_resolve(cfg.task, [(r["rule_id"], r["label"], r["instruction"]) for r in cur_rules.rules],
+    def propose(t: int, rules: list[dict], fails: list[dict], oks: list[dict]) -> Proposal:
+        req = render_resolve(cfg.task, [(r["rule_id"], r["label"], r["instruction"]) for r in rules],
                              [(r["input_text"], r["label"], r["pred"]) for r in fails],
                              [(r["input_text"], r["label"]) for r in oks], template_version=rcfg.template_version,
                              max_input_chars=rcfg.max_input_chars, max_operations=rcfg.max_operations,
                              max_tokens=rcfg.max_tokens or cfg.teacher.max_tokens, request_id=f"resolve-{t}")
         resp = ctx.teacher.chat([req])[0]
-        usage["tokens_in"] += resp.tokens_in or 0
-        usage["tokens_out"] += resp.tokens_out or 0
-        usage["cost"] += resp.cost_usd or 0.0
-        usage["calls"] += 1
         if resp.error is not None:
-            stop_reason = f"teacher call failed: {resp.error_type}: {resp.error}"[:500]
-            rounds.append((*base, None, train_f1, best_val, None, len(fails), len(oks), sampled_ids, None, False,
-                           stop_reason, now()))
-            break
-        ops = parse_operations(resp.data, resp.text)[: rcfg.max_operations]
-        cand_rules, new_rows, diff = apply_operations(cur_rules, ops, labels, source_example_ids=sampled_ids)
-        diff_json = json.dumps(diff, sort_keys=True)
-        if not (diff["modified"] or diff["added"] or diff["deleted"]):
-            stop_reason = "teacher proposed no valid operation"
-            rounds.append((*base, None, train_f1, best_val, None, len(fails), len(oks), sampled_ids, diff_json,
-                           False, stop_reason, now()))
-            break
-        built = build_prompt(cfg.task, cand_rules.rules, reviews, count_tokens=counter,
-                             token_budget=cfg.consolidate.prompt_token_budget, max_rules=cfg.consolidate.max_rules,
-                             extra_pinned=extra_pinned)
-        cand_version = built.assembled.version
-        if cand_version == cur_version:
-            stop_reason = "candidate prompt is identical to the current one"
-            rounds.append((*base, cand_version, train_f1, best_val, best_val, len(fails), len(oks), sampled_ids,
-                           diff_json, False, stop_reason, now()))
-            break
-        cand_val, _ = evaluate(built.assembled.text, val)
-        accepted = cand_val >= best_val + rcfg.min_delta
-        write_rules(ctx, new_rows, None, teacher_model_id(cfg.teacher))
-        write_prompt(ctx, built, KIND_ACCEPTED if accepted else KIND_REJECTED, parent_version=cur_version)
-        note = (f"accepted: val macro-F1 {best_val:.4f} -> {cand_val:.4f}" if accepted else
-                f"rejected: val macro-F1 {cand_val:.4f} < {best_val:.4f} + min_delta {rcfg.min_delta}")
-        rounds.append((*base, cand_version, train_f1, best_val, cand_val, len(fails), len(oks), sampled_ids,
-                       diff_json, accepted, note, now()))
-        log.info("resolve round %d: %s", t, note)
-        if not accepted:
-            stop_reason = "candidate did not improve val macro-F1 by min_delta"
-            break
-        accepted_rounds += 1
-        cur_version, cur_text, cur_rules, best_val = cand_version, built.assembled.text, cand_rules, cand_val
-        if t < rcfg.max_rounds:
-            train_f1, train_pred = evaluate(cur_text, train)
-        else:
-            train_f1 = None
-    store.merge("resolution_rounds", spark.createDataFrame(rounds, RESOLUTION_ROUNDS.ddl), update=True)
-    set_alias(ctx, ALIAS, cur_version, by="pld resolve",
-              note=f"run {ctx.run_id}: val macro-F1 {start_val:.4f} -> {best_val:.4f}")
-    ctx.record.add_usage(usage["tokens_in"], usage["tokens_out"], usage["calls"], usage["cost"])
-    counts = {"start_version": start["prompt_version"], "final_version": cur_version, "rounds": len(rounds) - 1,
-              "accepted_rounds": accepted_rounds, "start_val_macro_f1": round(start_val, 4),
-              "final_val_macro_f1": round(best_val, 4), "train_rows": len(train), "val_rows": len(val),
-              "teacher_calls": usage["calls"], "stop_reason": stop_reason}
+            return Proposal(error=f"{resp.error_type}: {resp.error}")
+        return Proposal(parse_operations(resp.data, resp.text))
+
+    res = run_loop(start.version, start.text, readers.load_rules(store, versions.get(start.version).rule_ids), train,
+                   val, labels, rcfg, judge=judge, propose=propose,
+                   build=lambda rules: build_prompt(cfg.task, rules, reviews, count_tokens=counter,
+                                                    token_budget=cfg.consolidate.prompt_token_budget,
+                                                    max_rules=cfg.consolidate.max_rules, extra_pinned=pinned,
+                                                    exemplars=cfg.consolidate.exemplars))
+    zero = {n: judge.fit(assemble(cfg.task, count_tokens=counter, bare_labels=n.endswith("bare")).text, val)
+            for n in ("zero_shot", "zero_shot_bare")}
+    promote, why, stat = promotion(judge, val, res.best, zero, rcfg.accept_confidence)
+    _store(ctx, versions, res, promote, why)
+    ctx.collect_usage(ctx.teacher, STAGE)
+    ctx.collect_usage(ctx.student, STAGE)
+    counts = {"start_version": start.version, "final_version": res.best_version, "rounds": len(res.rounds) - 1,
+              "accepted_rounds": res.accepted_rounds, "start_val_macro_f1": round(res.start_val, 4),
+              "final_val_macro_f1": round(res.best_val, 4), "train_rows": len(train), "val_rows": len(val),
+              "stop_reason": res.stop_reason, "promoted": promote, "promotion": why,
+              "zero_shot_val_macro_f1": {k: round(v.f1, 4) for k, v in zero.items()}}
     ctx.record.add_counts(STAGE, **counts)
     return counts

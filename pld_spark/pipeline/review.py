@@ -3,10 +3,11 @@
 - :func:`add_review` appends to ``rule_reviews`` (approve / edit / pin / disable). The latest
   row per rule applies the next time a prompt is assembled (consolidate, resolve): a reviewed
   rule set is a *new* prompt version; existing versions never change.
-- :func:`promote` appends to ``prompt_aliases`` (alias ``live`` by default); the latest row per
+- :func:`promote` points an alias (``live`` by default) at a prompt version; the latest row per
   (task, alias) is current, the rest is history.
-- :func:`resolve_version` turns an alias (``live``, ``clustered``, ``distilled``) or a version
-  id into a version id; :func:`show_prompt` and :func:`list_rules` accept either.
+- :func:`show_prompt` and :func:`list_rules` take a version id or an alias. Every lookup goes
+  through :meth:`pld_spark.prompts.versions.PromptVersions.resolve` (one fallback order, one
+  error message for every command).
 """
 from __future__ import annotations
 
@@ -58,58 +59,23 @@ def add_review(ctx, rule_id: str, action: str, new_text: str | None = None, revi
     return row
 
 
-def resolve_version(ctx, ref: str | None) -> str:
-    """A prompt version id from a version id or an alias of the task (default alias order when
-    ``ref`` is None: live, distilled, clustered). Raises DataError when nothing matches."""
-    from pyspark.sql import functions as F
-
-    store, task = ctx.store, ctx.cfg.task.name
-    if ref and ref.startswith("pv-") and store.read("prompts").where(F.col("prompt_version") == ref).limit(1).count():
-        return ref
-    aliases = store.read("prompt_aliases").where(F.col("task") == task).collect()
-    latest: dict[str, Any] = {}
-    for r in sorted(aliases, key=lambda r: r.promoted_at):
-        latest[r.alias] = r.prompt_version
-    for name in ([ref] if ref else ["live", "distilled", "clustered"]):
-        if name in latest:
-            return latest[name]
-    if ref and not ref.startswith("pv-") and store.read("prompts").where(F.col("prompt_version") == ref).limit(1).count():
-        return ref  # a version id of another naming scheme
-    if ref:
-        raise DataError(f"unknown prompt version or alias {ref!r} for task '{task}' (aliases: {sorted(latest)}; "
-                        "versions: `pld sql query \"select prompt_version, kind, created_at from prompts\"`)")
-    raise DataError(f"task '{task}' has no prompt yet; run `pld distill --config {ctx.cfg.source}`")
-
-
 def promote(ctx, version: str, alias: str = "live", by: str | None = None, note: str | None = "") -> dict[str, Any]:
     """Point ``alias`` of the task at a prompt version (or at what another alias points to)."""
-    from pyspark.sql import functions as F
+    from pld_spark.prompts.versions import PromptVersions
 
-    from pld_spark.pipeline.consolidate import set_alias
-
-    if not alias or not alias.replace("_", "").replace("-", "").isalnum():
-        raise DataError(f"bad alias name {alias!r} (letters, digits, _ and - only)")
-    target = resolve_version(ctx, version)
-    row = ctx.store.read("prompts").where(F.col("prompt_version") == target).first()
-    if row is None:
-        raise DataError(f"prompt version {target!r} is not in table 'prompts'")
-    if row.task != ctx.cfg.task.name:
-        raise DataError(f"prompt version {target!r} belongs to task '{row.task}', not '{ctx.cfg.task.name}'")
+    versions = PromptVersions(ctx.store, ctx.cfg.task.name)
+    target = versions.resolve(version).version
     who = _who(by)
-    set_alias(ctx, alias, target, by=who, note=note or "")
+    versions.set_alias(alias, target, by=who, note=note or "")
     return {"task": ctx.cfg.task.name, "alias": alias, "prompt_version": target, "promoted_by": who,
             "note": note or ""}
 
 
-def show_prompt(ctx, version: str) -> str:
-    """The text of a prompt version (or alias)."""
-    from pyspark.sql import functions as F
+def show_prompt(ctx, version: str | None) -> str:
+    """The text of a prompt version (or alias; None: the default alias order)."""
+    from pld_spark.prompts.versions import PromptVersions
 
-    v = resolve_version(ctx, version)
-    row = ctx.store.read("prompts").where(F.col("prompt_version") == v).select("text").first()
-    if row is None:
-        raise DataError(f"prompt version {v!r} is not in table 'prompts'")
-    return row.text
+    return PromptVersions(ctx.store, ctx.cfg.task.name).resolve(version).text
 
 
 def list_rules(ctx, prompt_version: str | None = None):
@@ -125,7 +91,9 @@ def list_rules(ctx, prompt_version: str | None = None):
            .select("rule_id", F.col("action").alias("review"), F.col("reviewer"), F.col("new_text").alias("edited_text")))
     cols = ["rule_id", "label", "support", "origin", "valid", "review", "reviewer", "instruction", "edited_text"]
     if prompt_version:
-        v = resolve_version(ctx, prompt_version)
+        from pld_spark.prompts.versions import PromptVersions
+
+        v = PromptVersions(store, ctx.cfg.task.name).resolve(prompt_version).version
         p = store.read("prompts").where(F.col("prompt_version") == v).select(
             F.posexplode("rule_ids").alias("position", "rule_id"))
         return (p.join(rules, "rule_id", "left").join(rev, "rule_id", "left")

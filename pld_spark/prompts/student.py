@@ -24,6 +24,8 @@ class PromptRule:
     support: int = 0
     topic: str = ""
     pinned: bool = False
+    example: str | None = None  # an input of the rule's cluster, shown under the rule
+    example_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,9 @@ def approx_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def _header(task) -> str:
-    labels = "\n".join(f"- {lab.name}: {lab.description}" if lab.description else f"- {lab.name}" for lab in task.labels)
+def _header(task, bare_labels: bool = False) -> str:
+    labels = "\n".join(f"- {lab.name}: {lab.description}" if lab.description and not bare_labels else f"- {lab.name}"
+                       for lab in task.labels)
     return f"{task.description.strip()}\n\nLabels:\n{labels}"
 
 
@@ -75,6 +78,9 @@ def _rules_block(rules: Sequence[PromptRule]) -> str:
     lines = ["Rules:"]
     for i, r in enumerate(rules, 1):
         lines.append(f"{i}. [{r.label}] {r.instruction.strip()}")
+        if r.example:
+            ex = " ".join(r.example.split())
+            lines.append(f"   Example: {ex} -> {r.example_label or r.label}")
     return "\n".join(lines)
 
 
@@ -86,11 +92,13 @@ def _shots_block(shots: Sequence[FewShot]) -> str:
 
 
 def assemble(task, rules: Sequence[PromptRule] = (), shots: Sequence[FewShot] = (),
-             count_tokens: Callable[[str], int] = approx_tokens, token_budget: int | None = None) -> AssembledPrompt:
+             count_tokens: Callable[[str], int] = approx_tokens, token_budget: int | None = None,
+             bare_labels: bool = False) -> AssembledPrompt:
     """Build the system prompt. Greedy within the budget: pinned rules first, then the rest in
-    prompt order; a rule that does not fit is dropped and the next ones are still tried."""
+    prompt order; a rule that does not fit is dropped and the next ones are still tried.
+    ``bare_labels``: list the label names without their descriptions (a zero-shot variant)."""
     def render(chosen: Sequence[PromptRule]) -> str:
-        blocks = [_header(task)]
+        blocks = [_header(task, bare_labels)]
         if chosen:
             blocks.append(_rules_block(order_rules(chosen, task.label_names)))
         if shots:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Sequence
 
-from pld_spark.llm.base import ChatRequest
+from pld_spark.llm.types import ChatRequest
 
 EXTRACT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -148,18 +148,46 @@ def render_extract(task, input_text: str, gold_label: str, *, template_version: 
 
 
 def render_consolidate(task, member_rules: Sequence[tuple[str, str]], *, template_version: str,
-                       max_tokens: int | None = None, request_id: str = "") -> ChatRequest:
-    """One consolidation request for a cluster; ``member_rules`` is [(label, rule text)]."""
+                       max_tokens: int | None = None, request_id: str = "", member_inputs: Sequence[str] = (),
+                       feedback: str = "", max_input_chars: int = 300) -> ChatRequest:
+    """One consolidation request for a cluster; ``member_rules`` is [(label, rule text)];
+    ``member_inputs`` some of the inputs behind them and ``feedback`` a note on a rejected first
+    answer (templates from consolidate-v2 on use them; v1 ignores them)."""
     counts: dict[str, int] = {}
     for lab, _ in member_rules:
         counts[lab] = counts.get(lab, 0) + 1
     majority = max(sorted(counts), key=lambda k: counts[k]) if counts else ""
     lines = "\n".join(f"- [{lab}] {rule.strip()}" for lab, rule in member_rules)
-    msgs = load_template(template_version).render(
-        task_description=task.description.strip(), label_definitions=label_definitions(task),
-        member_rules=lines, majority_label=majority, label_names=", ".join(task.label_names))
+    inputs = "\n".join(f"- {truncate(t, max_input_chars)}" for t in member_inputs) or "(not shown)"
+    fields = dict(task_description=task.description.strip(), label_definitions=label_definitions(task),
+                  member_rules=lines, majority_label=majority, label_names=", ".join(task.label_names))
+    tmpl = load_template(template_version)
+    if "$member_inputs" in tmpl.user:
+        fields.update(member_inputs=inputs, feedback=f"\nNote: {feedback.strip()}\n" if feedback.strip() else "")
+    msgs = tmpl.render(**fields)
     return ChatRequest(messages=msgs, json_schema=CONSOLIDATE_SCHEMA, max_tokens=max_tokens,
                        template_version=template_version, request_id=request_id)
+
+
+def failure_groups(rules: Sequence[tuple[str, str, str]], failures: Sequence[tuple[str, str, str]],
+                   max_input_chars: int = 600) -> str:
+    """Failures grouped by (correct, predicted), largest group first, each with the rules of both
+    labels: those that should have fired and those that may have fired instead."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for text, gold, pred in failures:
+        groups.setdefault((gold, pred), []).append(text)
+    by_label: dict[str, list[str]] = {}
+    for rid, lab, _ in rules:
+        by_label.setdefault(lab, []).append(rid)
+    parts = []
+    for (gold, pred), texts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        should = ", ".join(by_label.get(gold, [])) or "none"
+        fired = ", ".join(by_label.get(pred, [])) or "none"
+        lines = [f'Correct "{gold}", chosen "{pred}" ({len(texts)} case{"s" if len(texts) > 1 else ""}); '
+                 f'rules for {gold}: {should}; rules for {pred}: {fired}']
+        lines += [f"- Input: {truncate(t, max_input_chars)}" for t in texts]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "(none)"
 
 
 def render_resolve(task, rules: Sequence[tuple[str, str, str]], failures: Sequence[tuple[str, str, str]],
@@ -168,16 +196,22 @@ def render_resolve(task, rules: Sequence[tuple[str, str, str]], failures: Sequen
     """The conflict-resolution request.
 
     ``rules``: [(rule_id, label, instruction)]; ``failures``: [(input, gold, predicted)];
-    ``successes``: [(input, gold)].
+    ``successes``: [(input, gold)]. Templates from resolve-v2 on show the failures grouped by
+    confusion pair (:func:`failure_groups`); v1 as a flat list.
     """
     rule_lines = "\n".join(f"{rid}: [{lab}] {text.strip()}" for rid, lab, text in rules) or "(no rules yet)"
     fail_lines = "\n".join(f"- Input: {truncate(t, max_input_chars)}\n  correct: {g}; predicted: {p}"
                            for t, g, p in failures) or "(none)"
     ok_lines = "\n".join(f"- Input: {truncate(t, max_input_chars)}\n  correct: {g}" for t, g in successes) or "(none)"
-    msgs = load_template(template_version).render(
-        task_description=task.description.strip(), label_definitions=label_definitions(task),
-        current_rules=rule_lines, failures=fail_lines, successes=ok_lines,
-        label_names=", ".join(task.label_names), max_operations=max_operations)
+    tmpl = load_template(template_version)
+    fields = dict(task_description=task.description.strip(), label_definitions=label_definitions(task),
+                  current_rules=rule_lines, successes=ok_lines, label_names=", ".join(task.label_names),
+                  max_operations=max_operations)
+    if "$failure_groups" in tmpl.user:
+        fields["failure_groups"] = failure_groups(rules, failures, max_input_chars)
+    else:
+        fields["failures"] = fail_lines
+    msgs = tmpl.render(**fields)
     return ChatRequest(messages=msgs, json_schema=RESOLVE_SCHEMA, max_tokens=max_tokens,
                        template_version=template_version, request_id=request_id)
 
@@ -315,3 +349,48 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
     if injection_flag(text):
         return False, "rule contains a prompt-injection pattern"
     return True, None
+
+
+# ----------------------------------------------------------------------------- keyword triggers
+_STOP = frozenset("""a an the and or but if then else of to in on at by for with from as is are was were be been being it
+its this that these those there their they them he she his her him we you your i me my our not no any some all each
+every one two label labels input inputs sentence sentences text context word words mention mentions mentioned
+mentioning refers refer referring about describes describe described describing contains contain containing
+includes include including talks talk like such other than more most less when which who whom whose what where
+how case cases rule rules group groups type types kind kinds general specific named name names given people
+person persons someone somebody man men woman women thing things member members often usually very also""".split())
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9'\-]*")
+
+
+def _phrases(text: str) -> set[str]:
+    """Content unigrams (3+ letters) and bigrams of ``text`` (lowercased), plus quoted spans."""
+    low = text.lower()
+    words = [w.strip("'-") for w in _TOKEN.findall(low)]
+    content = [w for w in words if len(w) >= 3 and w not in _STOP]
+    grams = set(content)
+    grams |= {f"{a} {b}" for a, b in zip(words, words[1:]) if a not in _STOP and b not in _STOP and len(a) > 2
+              and len(b) > 2}
+    grams |= {q.strip().lower() for q in re.findall(r"['\"\u2018\u201c]([^'\"\u2019\u201d]{3,40})['\"\u2019\u201d]", text)}
+    return {g for g in grams if g}
+
+
+def keyword_triggers(instruction: str, members: Sequence[str], task, min_members: int = 3) -> list[str]:
+    """Phrases of a consolidated ``instruction`` that only ONE member's text (its input; its rule
+    when the input is not known) contains: a rule that hinges on such a phrase ("caring mommy",
+    "yemen") is a keyword trigger for one training example, not the shared condition of the cluster. Words of the task
+    header (description, label names and descriptions) are never triggers. Empty when the
+    cluster has fewer than ``min_members`` members (nothing to generalise over)."""
+    if len(members) < min_members:
+        return []
+    header = _phrases(" ".join([task.description, *task.label_names,
+                                *(lab.description for lab in task.labels)]))
+    lows = [" " + " ".join(_TOKEN.findall(m.lower())) + " " for m in members]
+    out = []
+    for p in sorted(_phrases(instruction) - header):
+        if any(w in header for w in p.split()):
+            continue
+        hits = sum(1 for m in lows if f" {p} " in m)
+        if hits == 1:
+            out.append(p)
+    # report the longest phrases only (a bigram covers its words)
+    return [p for p in out if not any(p != q and p in q.split() for q in out)]

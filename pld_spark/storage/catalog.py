@@ -16,6 +16,9 @@ class TableSpec:
     keys: tuple[str, ...] = ()
     append_only: bool = False
     doc: str = ""
+    #: nullable columns added after the table's first release ("name TYPE"; part of ``ddl`` too):
+    #: an existing table gets them in place on first use (:meth:`DeltaStore.ensure`)
+    added: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -43,8 +46,9 @@ def _split_top(ddl: str) -> list[str]:
 TABLES: dict[str, TableSpec] = {}
 
 
-def _t(name: str, ddl: str, keys: tuple[str, ...] = (), append_only: bool = False, doc: str = "") -> TableSpec:
-    spec = TableSpec(name, " ".join(ddl.split()), keys, append_only, doc)
+def _t(name: str, ddl: str, keys: tuple[str, ...] = (), append_only: bool = False, doc: str = "",
+       added: tuple[str, ...] = ()) -> TableSpec:
+    spec = TableSpec(name, " ".join(ddl.split()), keys, append_only, doc, added)
     TABLES[name] = spec
     return spec
 
@@ -53,8 +57,13 @@ RUNS = _t("runs", """
     run_id STRING, command STRING, status STRING, event_time TIMESTAMP, started_at TIMESTAMP,
     ended_at TIMESTAMP, config_text STRING, config_hash STRING, code_version STRING,
     counts STRING, tokens_in BIGINT, tokens_out BIGINT, llm_calls BIGINT, cost_usd DOUBLE,
-    wall_s DOUBLE, error STRING""", append_only=True,
-    doc="One row per run status change (running, then succeeded/failed); the view run_status keeps the last.")
+    wall_s DOUBLE, error STRING, host STRING, pid BIGINT, heartbeat_at TIMESTAMP""", append_only=True,
+    added=("host STRING", "pid BIGINT", "heartbeat_at TIMESTAMP"),
+    doc="One row per run status change: running (at the start, after each committed extract batch and as a periodic "
+        "heartbeat, with the usage so far), then succeeded / failed, or abandoned when its process is gone (written "
+        "by the next command on the lakehouse). The view run_status keeps the last and also reports a running run "
+        "whose heartbeat is older than the lease as abandoned. host, pid and heartbeat_at are null in rows written "
+        "before they were added.")
 
 EXAMPLES = _t("examples", """
     example_id STRING, task STRING, split STRING, text STRING, pair STRING, input_text STRING,
@@ -88,16 +97,23 @@ EXTRACT_CLAIMS = _t("extract_claims", """
 INSTRUCTION_CLUSTERS = _t("instruction_clusters", """
     cluster_run_id STRING, micro_id STRING, example_id STRING, label STRING, cluster_id INT,
     cluster_size INT, label_purity DOUBLE, dist_to_centroid DOUBLE, embedder STRING, clusterer STRING,
-    params STRING, run_id STRING, created_at TIMESTAMP""", keys=("cluster_run_id", "micro_id"),
-    doc="Cluster assignment per micro-instruction; noise is cluster_id -1.")
+    params STRING, run_id STRING, created_at TIMESTAMP, group_key STRING, assignment STRING""",
+    keys=("cluster_run_id", "micro_id"), added=("group_key STRING", "assignment STRING"),
+    doc="Cluster assignment per micro-instruction; noise is cluster_id -1. group_key: the group it was "
+        "clustered in (cluster.group_by); assignment: clustered | noise | central_fallback; params: the "
+        "clusterer's parameters as used per group (e.g. the eps chosen from the data).")
 
 RULES = _t("rules", """
     rule_id STRING, task STRING, cluster_run_id STRING, cluster_id INT, topic STRING, instruction STRING,
     label STRING, support INT, origin STRING, parent_rule_id STRING, member_micro_ids ARRAY<STRING>,
     source_example_ids ARRAY<STRING>, valid BOOLEAN, invalid_reason STRING, teacher_model STRING,
-    error STRING, run_id STRING, created_at TIMESTAMP""", keys=("rule_id",),
+    error STRING, run_id STRING, created_at TIMESTAMP, example_id STRING, example_text STRING,
+    example_label STRING""", keys=("rule_id",),
+    added=("example_id STRING", "example_text STRING", "example_label STRING"),
     doc="Consolidated rules (origin: consolidate | medoid | medoid_label | resolve). member_micro_ids link a "
-        "rule to the micro-instructions it came from; source_example_ids to the examples a resolve round showed.")
+        "rule to the micro-instructions it came from; source_example_ids to the examples a resolve round showed; "
+        "example_*: the cluster's exemplar (the input of the member nearest the centroid), shown under the rule "
+        "when consolidate.exemplars is on.")
 
 PROMPTS = _t("prompts", """
     prompt_version STRING, task STRING, kind STRING, text STRING, sha256 STRING, parent_version STRING,
@@ -117,6 +133,20 @@ RESOLUTION_ROUNDS = _t("resolution_rounds", """
     created_at TIMESTAMP""", keys=("run_id", "round"),
     doc="Conflict-resolution loop: one row per round.")
 
+PROMPT_CALIBRATIONS = _t("prompt_calibrations", """
+    prompt_version STRING, student_model STRING, method STRING, calibration STRING, val_macro_f1 DOUBLE,
+    n_val BIGINT, run_id STRING, created_at TIMESTAMP""", keys=("prompt_version", "student_model"),
+    doc="The calibration chosen for a prompt version and student on the validation split (student.calibration: "
+        "auto): method and per-label offsets as JSON, with every candidate's val macro-F1. Scoring applies it.")
+
+RULE_EVALUATIONS = _t("rule_evaluations", """
+    run_id STRING, prompt_version STRING, rule_id STRING, contribution DOUBLE, val_macro_f1_without DOUBLE,
+    kept BOOLEAN, coverage DOUBLE, coverage_n BIGINT, note STRING, created_at TIMESTAMP""",
+    keys=("run_id", "prompt_version", "rule_id"),
+    doc="Rule selection on validation: contribution = val macro-F1 of the prompt minus that of the prompt without "
+        "the rule (negative: the rule hurts); kept: still in the selected prompt; coverage: share of the rule's "
+        "cluster train examples the student labels correctly with the selected prompt.")
+
 PREDICTIONS = _t("predictions", """
     doc_id STRING, prompt_version STRING, condition STRING, label STRING, probabilities MAP<STRING, DOUBLE>,
     calibration STRING, latency_s DOUBLE, tokens_in BIGINT, tokens_out BIGINT, prefix_reused_tokens BIGINT,
@@ -130,7 +160,8 @@ EVALUATIONS = _t("evaluations", """
     latency_p50 DOUBLE, latency_p95 DOUBLE, prompt_tokens_mean DOUBLE, output_tokens_mean DOUBLE,
     prefix_hit_rate DOUBLE, errors BIGINT, created_at TIMESTAMP, engine STRING, calibration STRING,
     latency_mean DOUBLE, latency_first DOUBLE, prefix_reused_share DOUBLE, prompt_token_count INT,
-    student_model STRING, note STRING""", keys=("run_id", "condition"),
+    student_model STRING, note STRING, val_macro_f1 DOUBLE""", keys=("run_id", "condition"),
+    added=("val_macro_f1 DOUBLE",),
     doc="Metrics per evaluation condition (latency_first: the condition's first request, before its prompt "
         "prefix was cached; prompt_token_count: system prompt tokens).")
 
@@ -138,6 +169,26 @@ PROMPT_ALIASES = _t("prompt_aliases", """
     task STRING, alias STRING, prompt_version STRING, promoted_by STRING, note STRING,
     promoted_at TIMESTAMP""", append_only=True,
     doc="Prompt promotion history; the latest row per (task, alias) is live.")
+
+COMPARISONS = _t("comparisons", """
+    comparison_id STRING, run_id STRING, task STRING, version_a STRING, version_b STRING, split STRING,
+    source STRING, n BIGINT, macro_f1_a DOUBLE, macro_f1_b DOUBLE, delta DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    p_a_better DOUBLE, mcnemar_p DOUBLE, a_only BIGINT, b_only BIGINT, per_label STRING, disagreements STRING,
+    report_path STRING, created_at TIMESTAMP""", keys=("comparison_id",),
+    doc="`pld compare A B`: two prompt versions on the same labelled rows (split: val/test, else null with the "
+        "input in source). delta = macro-F1 A - B with its paired bootstrap CI; p_a_better: share of resamples A "
+        "wins; McNemar on the rows only A (a_only) or only B (b_only) gets right; per_label: JSON label -> f1_a, "
+        "f1_b, delta, support; disagreements: JSON of the first rows where the answers differ.")
+
+DRIFT_DAILY = _t("drift_daily", """
+    day DATE, task STRING, prompt_version STRING, run_id STRING, n BIGINT, label_counts STRING, baseline STRING,
+    psi DOUBLE, chi2 DOUBLE, chi2_p DOUBLE, error_share DOUBLE, input_distance DOUBLE, drifted BOOLEAN,
+    reasons STRING, created_at TIMESTAMP""", keys=("day", "task", "prompt_version"),
+    doc="Drift of bulk scoring per day (date of predictions.scored_at, condition 'score') and prompt version: "
+        "predicted label counts (JSON; errors under '<error>') against the baseline (JSON: source 'evaluation' "
+        "= the prompt's test predictions of its latest evaluation run, or 'test_gold'), PSI, chi-square and its "
+        "p-value, error share, mean cosine distance of the day's inputs to the nearest train input; drifted and "
+        "reasons name the drift.* thresholds crossed. Recomputed (MERGE) when the day is scored again.")
 
 
 def spec(name: str) -> TableSpec:

@@ -10,6 +10,7 @@ import logging
 import random
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -18,14 +19,36 @@ from pld_spark.storage.catalog import TABLES, TableSpec, spec
 
 log = logging.getLogger(__name__)
 
+def error_condition(exc: BaseException) -> str:
+    """Spark's error condition (class) of an exception, e.g. ``DELTA_CONCURRENT_APPEND``: the typed
+    identity of a JVM error in classic mode (``getCondition``, Spark 4; ``getErrorClass``, 3.5) and
+    over Spark Connect alike. "" when it has none."""
+    fn = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)  # 3.5 has only the latter
+    if not callable(fn):
+        return ""
+    try:
+        value = fn()
+    except Exception:  # noqa: BLE001 - some exception wrappers raise on a missing class
+        value = None
+    return str(value) if value else ""
+
+
+#: Delta's optimistic-concurrency conflicts by error condition (safe to retry)
+_CONFLICT_CONDITIONS = ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
 def _is_conflict(exc: BaseException) -> bool:
     """Delta's optimistic-concurrency conflicts, which are safe to retry.
 
-    Importing ``delta.exceptions`` installs Delta's converter that turns the JVM conflict
-    exceptions into these Python classes (ConcurrentAppendException etc.).
-    """
-    import delta.exceptions as dx
-
+    Classic mode: importing ``delta.exceptions`` installs Delta's converter that turns the JVM
+    conflict exceptions into these Python classes (ConcurrentAppendException etc.). Over Spark
+    Connect those classes are not used: the error condition names the conflict."""
+    if error_condition(exc).startswith(_CONFLICT_CONDITIONS):
+        return True
+    try:
+        import delta.exceptions as dx
+    except ImportError:
+        return False
     # In delta-spark 4.x the concrete conflicts (ConcurrentAppendException, ...) are *not*
     # subclasses of DeltaConcurrentModificationException: name every one of them.
     conflicts = tuple(getattr(dx, n) for n in (
@@ -43,9 +66,7 @@ _CREATE_IN_PROGRESS = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
 def _is_create_race(exc: BaseException) -> bool:
     """Two processes creating the same table: the loser sees the table already exists, sees
     the winner's folder before its first commit, or finds no table in a log being written."""
-    from pyspark.errors import AnalysisException
-
-    return isinstance(exc, AnalysisException) and (exc.getCondition() or "").startswith(
+    return error_condition(exc).startswith(
         ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_PATH_EXISTS", "DELTA_TABLE_ALREADY_EXISTS", _CREATE_IN_PROGRESS,
          # seen in CI: the loser's CREATE IF NOT EXISTS read the winner's log mid-create
          "DELTA_TABLE_NOT_FOUND"))
@@ -72,6 +93,7 @@ class DeltaStore:
         self.catalog = catalog
         self.schema = schema
         self.max_conflict_retries = max_conflict_retries
+        self._columns_checked: set[str] = set()  # tables whose added columns this store has checked
         if not self.catalog:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -107,9 +129,25 @@ class DeltaStore:
             if not self.exists(name):
                 self._clear_orphan_log(name)
                 self.spark.sql(stmt)
+            elif name not in self._columns_checked:
+                self._add_columns(name)
+            self._columns_checked.add(name)
             self._register_view(name)
 
         self._with_retry(_do, f"create {name}")
+
+    def _add_columns(self, name: str) -> None:
+        """Give an existing table the nullable columns added to its spec since it was created
+        (``TableSpec.added``), with ``ALTER TABLE ... ADD COLUMNS``: one commit, once per table."""
+        added = spec(name).added
+        if not added:
+            return
+        have = set(self.spark.read.format("delta").load(self.location(name)).columns if not self.catalog
+                   else self.spark.table(self.location(name)).columns)
+        todo = [c for c in added if c.split()[0] not in have]
+        if todo:
+            log.info("table '%s': adding columns %s", name, ", ".join(todo))
+            self.spark.sql(f"ALTER TABLE {self._ref(name)} ADD COLUMNS ({', '.join(todo)})")
 
     #: seconds an empty ``_delta_log`` may be another process's create in progress
     orphan_log_grace_s: float = 60.0
@@ -194,32 +232,34 @@ class DeltaStore:
         else:
             df.write.format("delta").mode("append").save(self.location(name))
 
-    def merge(self, name: str, df, update: bool = True, update_when=None) -> None:
+    def merge(self, name: str, df, update: bool = True, update_when: str | None = None) -> None:
         """Idempotent upsert on the table's natural keys.
 
         ``update=False`` inserts only rows whose key is new (first write wins), which is what
-        resumable stages want: re-running never rewrites a paid result. ``update_when`` (a
-        Column or SQL string over ``t.`` target and ``s.`` source) updates a matched row only
-        where it holds. Duplicate keys inside ``df`` are collapsed (last one in the frame's order wins).
-        """
-        from delta.tables import DeltaTable
+        resumable stages want: re-running never rewrites a paid result. ``update_when`` (SQL over
+        ``t.`` target and ``s.`` source columns) updates a matched row only where it holds.
+        Duplicate keys inside ``df`` are collapsed (last one in the frame's order wins).
 
+        Runs as SQL ``MERGE INTO ... USING <temp view>``, not the ``DeltaTable`` Python API: the
+        same statement works in classic mode and over Spark Connect (serverless, standard access
+        mode), where the Python ``DeltaTable`` builder needs the ``delta.connect`` client instead.
+        """
         s = spec(name)
         if s.append_only or not s.keys:
             raise StorageError(f"table '{name}' is append-only; use append()")
         self.ensure(name)
         src = self.conform(name, df).dropDuplicates(list(s.keys))
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in s.keys)
-
-        def _do():
-            tbl = (DeltaTable.forName(self.spark, self.location(name)) if self.catalog
-                   else DeltaTable.forPath(self.spark, self.location(name)))
-            m = tbl.alias("t").merge(src.alias("s"), cond)
-            if update:
-                m = m.whenMatchedUpdateAll(condition=update_when)
-            m.whenNotMatchedInsertAll().execute()
-
-        self._with_retry(_do, f"merge {name}")
+        view = f"pld_merge_{name}_{uuid.uuid4().hex[:12]}"
+        matched = (f"WHEN MATCHED{f' AND ({update_when})' if update_when else ''} THEN UPDATE SET * " if update
+                   else "")
+        stmt = (f"MERGE INTO {self._ref(name)} AS t USING {view} AS s ON {cond} "
+                f"{matched}WHEN NOT MATCHED THEN INSERT *")
+        src.createOrReplaceTempView(view)
+        try:
+            self._with_retry(lambda: self.spark.sql(stmt).collect(), f"merge {name}")
+        finally:
+            self.spark.catalog.dropTempView(view)
 
     def delete_where(self, name: str, condition: str) -> None:
         if self.exists(name):

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import re
 
+#: seconds without a heartbeat after which a 'running' run counts as abandoned (a live run
+#: writes one at least every ``pld_spark.context.HEARTBEAT_S``)
+RUN_LEASE_S = 600
+
 VIEW_SQL: dict[str, str] = {
     # The prompt the task's 'live' alias points at, one row per rule in prompt order, with the
     # text as shipped (an edit review used by that version replaces the rule's instruction).
@@ -95,15 +99,87 @@ SELECT prompt_version, condition, to_date(scored_at) AS day, label, count(*) AS 
 FROM {predictions}
 GROUP BY prompt_version, condition, to_date(scored_at), label
 """,
-    # The latest row per run (runs is append-only: 'running', then 'succeeded' / 'failed').
+    # The latest row per run (runs is append-only: 'running' rows at the start, per committed
+    # extract batch and as heartbeats, then 'succeeded' / 'failed' / 'abandoned'). A run whose
+    # latest row is 'running' but whose heartbeat is older than the lease is reported
+    # 'abandoned': its process died without a final row. The usage columns are what its last
+    # row recorded (so a killed run still shows the calls it paid for up to its last batch).
     "run_status": """
-SELECT run_id, command, status, started_at, ended_at, wall_s, config_hash, code_version, counts,
-       tokens_in, tokens_out, llm_calls, cost_usd, error
+SELECT run_id, command,
+       CASE WHEN status = 'running'
+             AND coalesce(heartbeat_at, event_time) < current_timestamp() - INTERVAL """ + str(RUN_LEASE_S) + """ SECONDS
+            THEN 'abandoned' ELSE status END AS status,
+       started_at, ended_at, wall_s, config_hash, code_version, counts,
+       tokens_in, tokens_out, llm_calls, cost_usd, error, host, pid,
+       coalesce(heartbeat_at, event_time) AS heartbeat_at
 FROM (
   SELECT r.*, row_number() OVER (PARTITION BY run_id
                                  ORDER BY event_time DESC, CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS n
   FROM {runs} r)
 WHERE n = 1
+""",
+    # Rule-level diff of every prompt version that has a parent_version against that parent (the
+    # pure twin is pld_spark.monitor.diff.rule_diff). A rule of the child whose parent_rule_id is a
+    # rule of the parent that the child dropped is 'edited' (from_rule_id: that rule); a rule of
+    # both is 'kept', or 'reordered' when its rank among the rules the two share (kept + edited)
+    # changed; the rest of the child is 'added', the rest of the parent 'removed'. Positions are
+    # 1-based prompt positions.
+    "prompt_diff": """
+WITH pr AS (
+  SELECT p.prompt_version, e.pos + 1 AS pos, e.rule_id
+  FROM {prompts} p LATERAL VIEW posexplode(p.rule_ids) e AS pos, rule_id
+),
+v AS (SELECT DISTINCT prompt_version, parent_version FROM {prompts} WHERE parent_version IS NOT NULL),
+a AS (SELECT v.prompt_version, v.parent_version, pr.pos, pr.rule_id
+       FROM v JOIN pr ON pr.prompt_version = v.parent_version),
+b AS (SELECT v.prompt_version, v.parent_version, pr.pos, pr.rule_id
+       FROM v JOIN pr ON pr.prompt_version = v.prompt_version),
+kept AS (
+  SELECT b.prompt_version, b.parent_version, a.rule_id AS a_id, b.rule_id AS b_id, a.pos AS pos_a, b.pos AS pos_b,
+         'kept' AS kind
+  FROM b JOIN a ON a.prompt_version = b.prompt_version AND a.rule_id = b.rule_id
+),
+b_new AS (SELECT * FROM b LEFT ANTI JOIN a ON a.prompt_version = b.prompt_version AND a.rule_id = b.rule_id),
+edited AS (
+  SELECT bn.prompt_version, bn.parent_version, a.rule_id AS a_id, bn.rule_id AS b_id, a.pos AS pos_a, bn.pos AS pos_b,
+         'edited' AS kind
+  FROM b_new bn
+  JOIN {rules} r ON r.rule_id = bn.rule_id
+  JOIN a ON a.prompt_version = bn.prompt_version AND a.rule_id = r.parent_rule_id
+  LEFT ANTI JOIN b b2 ON b2.prompt_version = a.prompt_version AND b2.rule_id = a.rule_id
+),
+pairs AS (SELECT * FROM kept UNION ALL SELECT * FROM edited),
+ranked AS (
+  SELECT pairs.*,
+         row_number() OVER (PARTITION BY prompt_version ORDER BY pos_a, pos_b) AS rank_a,
+         row_number() OVER (PARTITION BY prompt_version ORDER BY pos_b, pos_a) AS rank_b
+  FROM pairs
+),
+changes AS (
+  SELECT prompt_version, parent_version, b_id AS rule_id,
+         CASE WHEN kind = 'edited' THEN 'edited' WHEN rank_a <> rank_b THEN 'reordered' ELSE 'kept' END AS change,
+         a_id AS from_rule_id, pos_a AS position_before, pos_b AS position_after
+  FROM ranked
+  UNION ALL
+  SELECT b.prompt_version, b.parent_version, b.rule_id, 'added', CAST(NULL AS STRING), CAST(NULL AS INT), b.pos
+  FROM b LEFT ANTI JOIN pairs ON pairs.prompt_version = b.prompt_version AND pairs.b_id = b.rule_id
+  UNION ALL
+  SELECT a.prompt_version, a.parent_version, a.rule_id, 'removed', CAST(NULL AS STRING), a.pos, CAST(NULL AS INT)
+  FROM a LEFT ANTI JOIN pairs ON pairs.prompt_version = a.prompt_version AND pairs.a_id = a.rule_id
+)
+SELECT c.prompt_version, c.parent_version, c.rule_id, c.change, c.from_rule_id, c.position_before,
+       c.position_after, r.instruction
+FROM changes c
+LEFT JOIN {rules} r ON r.rule_id = c.rule_id
+""",
+    # The latest drift_daily row per (task, prompt version): is bulk scoring drifting right now?
+    "drift_status": """
+SELECT day, task, prompt_version, drifted, reasons, n, psi, chi2, chi2_p, error_share, input_distance,
+       label_counts, baseline, run_id, created_at
+FROM (
+  SELECT d.*, row_number() OVER (PARTITION BY task, prompt_version ORDER BY day DESC, created_at DESC) AS n_
+  FROM {drift_daily} d)
+WHERE n_ = 1
 """,
 }
 
@@ -142,7 +218,13 @@ VIEW_DOCS: dict[str, str] = {
     "prompt_reviews": "Which human reviews a prompt version applied.",
     "prompt_metrics": "Every prompt version with its evaluations and the conflict loop's val macro-F1.",
     "predictions_per_label_day": "Bulk-scoring volume per prompt version, condition, day and label.",
-    "run_status": "The latest status row per run.",
+    "run_status": f"The latest status row per run; a run still 'running' without a heartbeat for {RUN_LEASE_S // 60} "
+                  "minutes is reported 'abandoned' (its process died), with the usage it had recorded.",
+    "prompt_diff": "Rule-level diff of every prompt version with a parent_version against that parent: added, "
+                   "removed, edited (a child rule whose parent_rule_id is a dropped rule of the parent), kept, "
+                   "reordered (its rank among the shared rules changed), with positions before and after.",
+    "drift_status": "The latest day of bulk-scoring drift per prompt version (table drift_daily): drifted, the "
+                    "thresholds crossed, PSI, chi-square, error share and input distance.",
 }
 
 

@@ -28,7 +28,7 @@ import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 FAULT_KINDS = ("429", "500", "503", "hang", "malformed", "empty_choices", "bad_content", "401", "400", "context",
                "drop", "ok")
@@ -68,16 +68,21 @@ class FaultServer:
         upstream: base URL (``http://127.0.0.1:port/v1``) that healthy requests are proxied to.
         reply_text: canned content for healthy requests without upstream; a request with a
             ``response_format`` gets ``reply_json`` (serialised) instead.
+        fault_for: ``fault_for(request_body) -> fault kind or None``, asked first for every chat
+            request: faults tied to what a request is about (e.g. the examples whose calls fail),
+            whatever order the requests arrive in. None falls through to the script and the rate.
     """
 
     def __init__(self, faults: Sequence[str] = (), *, fault_rate: float = 0.0,
                  fault_kinds: Iterable[str] = RETRYABLE_FAULTS, seed: int = 0, retry_after: str | float = "1",
                  hang_s: float = 5.0, upstream: str | None = None, reply_text: str = "ok",
-                 reply_json: dict[str, Any] | None = None, upstream_timeout_s: float = 300.0):
+                 reply_json: dict[str, Any] | None = None, upstream_timeout_s: float = 300.0,
+                 fault_for: Callable[[dict[str, Any]], str | None] | None = None):
         for f in faults:
             if f not in FAULT_KINDS:
                 raise ValueError(f"unknown fault {f!r}; known: {FAULT_KINDS}")
         self.script: list[str] = list(faults)
+        self.fault_for = fault_for
         self.fault_rate = fault_rate
         self.fault_kinds = tuple(fault_kinds)
         self.rng = random.Random(seed)
@@ -114,9 +119,14 @@ class FaultServer:
             self.log.clear()
             self.requests = 0
 
-    def next_fault(self) -> str:
+    def next_fault(self, body: dict[str, Any] | None = None) -> str:
         with self._lock:
             self.requests += 1
+            picked = self.fault_for(body) if self.fault_for is not None and body is not None else None
+            if picked is not None:
+                if picked not in FAULT_KINDS:
+                    raise ValueError(f"fault_for returned unknown fault {picked!r}; known: {FAULT_KINDS}")
+                return picked
             if self.script:
                 return self.script.pop(0)
             if self.fault_rate > 0 and self.rng.random() < self.fault_rate:
@@ -159,7 +169,7 @@ class FaultServer:
                     req = json.loads(raw or b"{}")
                 except ValueError:
                     req = {}
-                fault = server.next_fault()
+                fault = server.next_fault(req)
                 with server._lock:
                     server.counts[fault] += 1
                     server.log.append({"path": self.path, "fault": fault, "headers": dict(self.headers.items()),

@@ -32,7 +32,7 @@ def test_delta_cache_across_clients_and_processes(spark, tmp_path):
 
     lake = tmp_path / "lakehouse"
     store = DeltaStore(spark, str(lake))
-    a = build_client(CFG, role="teacher", store=DeltaCache(store, run_id="run-a"))
+    a = build_client(CFG, role="teacher", cache=DeltaCache(store, run_id="run-a"))
     r1 = a.chat([ChatRequest(**REQ, request_id="a1")])[0]
     assert r1.ok and not r1.cached and a.stats()["calls"] == 1
     rows = store.read("llm_cache").collect()
@@ -41,7 +41,7 @@ def test_delta_cache_across_clients_and_processes(spark, tmp_path):
     assert json.loads(rows[0]["response"])["text"] == r1.text
 
     # A new client (empty memory layer) in the same process: served from Delta.
-    b = build_client(CFG, role="teacher", store=DeltaCache(store, run_id="run-b"))
+    b = build_client(CFG, role="teacher", cache=DeltaCache(store, run_id="run-b"))
     r2 = b.chat([ChatRequest(**REQ, request_id="b1")])[0]
     assert r2.cached and r2.text == r1.text and b.stats()["calls"] == 0
     assert b.stats()["persistent_cache_hits"] == 1
@@ -60,7 +60,7 @@ def test_delta_cache_across_clients_and_processes(spark, tmp_path):
         spark = get_spark(SparkConfig(master="local[1]", shuffle_partitions=1, ui=False, driver_memory="1g"))
         store = DeltaStore(spark, {str(lake)!r})
         c = build_client(LLMConfig(**{CFG.model_dump(mode="json")!r}), role="teacher",
-                         store=DeltaCache(store, run_id="run-c"))
+                         cache=DeltaCache(store, run_id="run-c"))
         r = c.chat([ChatRequest(**{REQ!r}, request_id="c1")])[0]
         s = c.stats()
         print("RESULT " + json.dumps({{"cached": r.cached, "text": r.text, "calls": s["calls"],

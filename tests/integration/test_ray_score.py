@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from pld_spark.storage import readers
 from pld_spark.pipeline import ingest, score
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
@@ -51,7 +52,7 @@ def test_ray_scoring_writes_every_row_once_and_resumes(make_ctx, backend_set):
     ctx = make_ctx("stereoset.yaml", [f"dataset.sample.test={N_ROWS}", "score.engine=ray", "score.ray.num_actors=2",
                                       "score.ray.batch_size=16", *backend_set])
     ingest.run(ctx)
-    n = ingest.current_examples(ctx, "test").count()
+    n = readers.current_examples(ctx, "test").count()
     assert 0.9 * N_ROWS <= n <= 1.15 * N_ROWS
     # other backends (vLLM on CPU keeps KV blocks of hundreds of tokens) get a rule prompt longer
     # than one block, or the prefix cache has nothing to reuse
@@ -74,7 +75,7 @@ def test_ray_scoring_writes_every_row_once_and_resumes(make_ctx, backend_set):
     rows = preds.collect()
     assert len(rows) == n
     assert len({r.doc_id for r in rows}) == n
-    test_ids = {r.example_id for r in ingest.current_examples(ctx, "test").select("example_id").collect()}
+    test_ids = {r.example_id for r in readers.current_examples(ctx, "test").select("example_id").collect()}
     assert {r.doc_id for r in rows} == test_ids
     labels = set(ctx.cfg.task.label_names)
     ok = [r for r in rows if r.error is None]

@@ -56,7 +56,10 @@ def test_bad_rows_land_in_rejects_with_a_reason(spark, tmp_path, capfd):
         fh.write(json.dumps({"id": "huge-doc", "text": "All work and no play. " * (HUGE_CHARS // 22),
                              "label": "race", "split": "train"}) + "\n")
     assert rows_path.stat().st_size > HUGE_CHARS
-    jsonl_sets, csv_sets = _sets(tmp_path, rows_path), _sets(tmp_path, BAD / "rows.csv")
+    # rows.csv keeps 2 good rows of 7 (no race or religion row; 2 of 7 outside the label set): ingest's
+    # quality gates would stop it, and this test is about where each bad row lands, so allow it
+    jsonl_sets = _sets(tmp_path, rows_path)
+    csv_sets = _sets(tmp_path, BAD / "rows.csv") + ["dataset.allow_missing_labels=true", "dataset.max_reject_share=1"]
     outs = {}
     for name, sets in (("jsonl", jsonl_sets), ("csv", csv_sets)):
         rc, out, err = run_pld_inprocess(pld_args(["ingest"], CONF / "stereoset.yaml", sets), capfd)

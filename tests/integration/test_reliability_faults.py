@@ -54,10 +54,11 @@ def _ingest(spark, sets):
     from pld_spark.config import load_config
     from pld_spark.context import RunContext
     from pld_spark.pipeline import ingest
+    from pld_spark.storage import readers
 
     ctx = RunContext(load_config(CONF / "stereoset.yaml", sets), command="test").replace(spark=spark)
     ingest.run(ctx)
-    train = {r.example_id: r.input_text for r in ingest.current_examples(ctx, "train").collect()}
+    train = {r.example_id: r.input_text for r in readers.current_examples(ctx, "train").collect()}
     return ctx, train
 
 

@@ -23,7 +23,7 @@ def test_all_four_clusterers_run_from_config_and_noise_is_kept(make_ctx):
     seen = {}
     for kind in ("dbscan", "hdbscan", "kmeans", "agglomerative"):
         ctx = make_ctx("stereoset.yaml", [f"cluster.clusterer.type={kind}", "cluster.clusterer.min_samples=3",
-                                          "cluster.clusterer.n_clusters=4"])
+                                          "cluster.clusterer.n_clusters=4", "cluster.group_by=null"])
         counts = cluster.run(ctx)
         got = ctx.store.read("instruction_clusters").where(f"cluster_run_id = '{ctx.run_id}'").collect()
         seen[kind] = got

@@ -1,58 +1,78 @@
-"""consolidate + reviews on local Spark + Delta with a scripted teacher and a fake student tokenizer."""
+"""consolidate on local Spark + Delta without a model: the no-cluster fallback and human reviews.
+
+When the clustering has no cluster, consolidate takes one medoid rule per label from the stored
+micro-instructions and never calls (or even builds) the teacher; prompt assembly then applies the
+latest reviews within the token budget (counted with the approximate tokenizer, so no student is
+loaded either). Consolidation of real clusters by the teacher is in
+tests/integration/test_distill_real_model.py; the budget arithmetic in tests/unit/test_consolidate.py.
+"""
 import pytest
 from pyspark.sql import functions as F
 
 from pld_spark.pipeline import cluster, consolidate, review
+from pld_spark.prompts.rules import build_prompt
 from pld_spark.prompts.student import approx_tokens
-from tests.distill_fakes import KeywordStudent, ScriptedTeacher, seed_examples, seed_micro, synthetic_examples
+from pld_spark.prompts.versions import PromptVersions
+from tests.distill_fakes import seed_examples, seed_micro, synthetic_examples
 
 pytestmark = pytest.mark.spark
 
-CLUSTER = ["cluster.clusterer.min_samples=3"]
+NO_CLUSTERS = ["cluster.clusterer.min_samples=50", "cluster.central_fallback=false"]
 
 
-def _setup(make_ctx, *over):
-    ctx = make_ctx("stereoset.yaml", [*CLUSTER, *over], teacher=ScriptedTeacher(), student=KeywordStudent())
+def _seeded(make_ctx, *over):
+    ctx = make_ctx("stereoset.yaml", [*NO_CLUSTERS, *over])
     rows = synthetic_examples(4, "train")
     seed_examples(ctx, rows + synthetic_examples(1, "val"))
     seed_micro(ctx, rows)
     return ctx
 
 
+def _models_built(ctx) -> set[str]:
+    """The lazily built model members of a run context that something used."""
+    return {m for m in ("teacher", "student") if m in ctx.__dict__}
+
+
+def test_no_clusters_falls_back_to_one_rule_per_label_without_any_model(make_ctx):
+    ctx = _seeded(make_ctx)
+    assert cluster.run(ctx)["clusters"] == 0
+    counts = consolidate.run(ctx, count_tokens=approx_tokens)
+    assert counts["clusters"] == 0 and counts["teacher_calls"] == 0 and counts["by_origin"] == {"medoid_label": 4}
+    assert _models_built(ctx) == set()  # neither the teacher nor the student was built
+    rules = ctx.store.read("rules").collect()
+    assert sorted(r.label for r in rules) == ["gender", "profession", "race", "religion"]
+    assert all(r.origin == "medoid_label" and r.cluster_id == -1 and len(r.member_micro_ids) == 1 and r.support == 4
+               for r in rules)
+    p = ctx.store.read("prompts").where(F.col("prompt_version") == counts["prompt_version"]).first()
+    assert p.kind == "pld_cluster" and sorted(p.rule_ids) == sorted(r.rule_id for r in rules)
+    assert p.token_count == approx_tokens(p.text) <= p.token_budget
+    # the clustered alias now names it, so every command's default lookup finds it
+    assert PromptVersions(ctx.store, "stereoset").resolve().version == counts["prompt_version"]
+
+
 def test_reviews_are_honoured_within_the_budget(make_ctx):
-    ctx = _setup(make_ctx)
-    cluster.run(ctx)
-    first = consolidate.run(ctx)
+    ctx = _seeded(make_ctx)
+    first = consolidate.run(ctx, count_tokens=approx_tokens)
     rules = {r.label: r.rule_id for r in ctx.store.read("rules").collect()}
     review.add_review(ctx, rules["religion"], "pin", reviewer="ann")
     review.add_review(ctx, rules["gender"], "disable", reviewer="bob", note="too broad")
-    edit = review.add_review(ctx, rules["race"], "edit", "If a nationality such as 'somali' is named, the label is race.")
-    assert edit["reviewer"]
-    bare = consolidate.build_prompt(ctx.cfg.task, [], {}, count_tokens=approx_tokens, token_budget=9999)
+    review.add_review(ctx, rules["race"], "edit", "If a nationality such as 'somali' is named, the label is race.")
+    bare = build_prompt(ctx.cfg.task, [], {}, count_tokens=approx_tokens, token_budget=9999)
     budget = bare.assembled.token_count + 40  # room for about one rule
-    ctx2 = make_ctx("stereoset.yaml", [*CLUSTER, f"consolidate.prompt_token_budget={budget}"],
-                    teacher=ScriptedTeacher(), student=KeywordStudent())
-    second = consolidate.run(ctx2)
-    assert second["prompt_version"] != first["prompt_version"]
-    p = ctx2.store.read("prompts").where(F.col("prompt_version") == second["prompt_version"]).first()
-    assert p.token_count <= budget and len(p.text) // 4 == p.token_count
+
+    tight = make_ctx("stereoset.yaml", [*NO_CLUSTERS, f"consolidate.prompt_token_budget={budget}"])
+    second = consolidate.run(tight, count_tokens=approx_tokens)
+    assert second["prompt_version"] != first["prompt_version"] and second["reviews_applied"] == 3
+    p = tight.store.read("prompts").where(F.col("prompt_version") == second["prompt_version"]).first()
+    assert p.token_count <= budget and approx_tokens(p.text) == p.token_count
     assert rules["religion"] in p.rule_ids  # pinned: kept under the tight budget
     assert rules["gender"] not in p.rule_ids and rules["gender"] not in p.dropped_rule_ids  # disabled
     assert set(p.rule_ids) | set(p.dropped_rule_ids) == set(rules.values()) - {rules["gender"]}
     assert len(p.review_ids) == 3
-    # the same reviews with a roomy budget: the edit text is what the student sees
-    ctx3 = make_ctx("stereoset.yaml", CLUSTER, teacher=ScriptedTeacher(), student=KeywordStudent())
-    third = consolidate.run(ctx3)
-    text = review.show_prompt(ctx3, third["prompt_version"])
-    assert "such as 'somali'" in text and "'mother'" not in text
-    # a pin survives a re-clustering that no longer produces the rule
-    assert review.resolve_version(ctx3, "clustered") == third["prompt_version"]
 
-
-def test_no_clusters_falls_back_to_one_rule_per_label(make_ctx):
-    ctx = _setup(make_ctx, "cluster.clusterer.min_samples=50")
-    assert cluster.run(ctx)["clusters"] == 0
-    counts = consolidate.run(ctx)
-    assert counts["teacher_calls"] == 0 and counts["by_origin"] == {"medoid_label": 4}
-    p = ctx.store.read("prompts").where(F.col("prompt_version") == counts["prompt_version"]).first()
-    assert len(p.rule_ids) == 4 and ctx.teacher.calls == 0
+    roomy = make_ctx("stereoset.yaml", NO_CLUSTERS)
+    third = consolidate.run(roomy, count_tokens=approx_tokens)
+    text = review.show_prompt(roomy, third["prompt_version"])
+    assert "such as 'somali'" in text and "'mother'" not in text  # the edit is what the student sees
+    assert review.show_prompt(roomy, "clustered") == text  # the alias moved to the newest prompt
+    assert _models_built(ctx) | _models_built(tight) | _models_built(roomy) == set()

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pld_spark.config import load_config, with_overrides
+from pld_spark.config import PACKAGED_CONF_DIR, load_config, with_overrides
 from pld_spark.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -41,10 +41,68 @@ def test_unknown_key_in_base_is_attributed_to_base(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text((CONF / "base.yaml").read_text() + "\nstudnet: {type: llamacpp}\n")
     task = tmp_path / "t.yaml"
-    task.write_text((CONF / "stereoset.yaml").read_text())
+    task.write_text("extends: base.yaml\n" + (CONF / "stereoset.yaml").read_text())
     with pytest.raises(ConfigError) as e:
         load_config(task)
     assert "studnet" in str(e.value) and str(base) in str(e.value)
+
+
+def test_task_file_outside_conf_gets_the_packaged_base(tmp_path):
+    """No base.yaml beside the file and no extends: the packaged base still applies."""
+    task = tmp_path / "elsewhere" / "mine.yaml"
+    task.parent.mkdir()
+    task.write_text((CONF / "stereoset.yaml").read_text())
+    cfg = load_config(task)
+    assert cfg.student.max_tokens == 8 and cfg.teacher.max_tokens == 160  # base.yaml, not the model defaults
+    assert cfg.score.engine == "ray" and cfg.consolidate.max_members == 12
+    assert cfg.merged_from == (str(PACKAGED_CONF_DIR / "base.yaml"), str(task))
+    # the repository's conf/base.yaml is the packaged file, not a copy
+    assert (CONF / "base.yaml").resolve() == (PACKAGED_CONF_DIR / "base.yaml").resolve()
+    assert cfg.hash == load_config(CONF / "stereoset.yaml").hash
+
+
+def test_extends_a_file_relative_to_the_task_file(tmp_path):
+    team = tmp_path / "shared" / "team.yaml"
+    team.parent.mkdir()
+    team.write_text("student: {max_tokens: 4}\nteacher: {max_tokens: 99}\n")
+    task = tmp_path / "tasks" / "mine.yaml"
+    task.parent.mkdir()
+    task.write_text("extends: ../shared/team.yaml\n" + (CONF / "stereoset.yaml").read_text()
+                    + "teacher: {max_tokens: 77}\n")
+    cfg = load_config(task, ["extract.batch_size=3"])
+    assert cfg.student.max_tokens == 4  # from team.yaml
+    assert cfg.teacher.max_tokens == 77  # the task file wins over what it extends
+    assert cfg.student.calibration == "batch" and cfg.cluster.embedder.dims == 64  # team.yaml sits on base
+    assert cfg.merged_from == (str(PACKAGED_CONF_DIR / "base.yaml"), str(team), str(task), "--set extract.batch_size=3")
+
+
+def test_extends_a_packaged_name(tmp_path):
+    task = tmp_path / "mine.yaml"
+    task.write_text("extends: base\n" + (CONF / "stereoset.yaml").read_text())
+    cfg = load_config(task)
+    assert cfg.student.max_tokens == 8
+    assert cfg.merged_from == (str(PACKAGED_CONF_DIR / "base.yaml"), str(task))
+
+
+def test_bad_extends_is_a_config_error_naming_it(tmp_path):
+    task = tmp_path / "mine.yaml"
+    body = (CONF / "stereoset.yaml").read_text()
+    task.write_text("extends: ../nope/defaults.yaml\n" + body)
+    with pytest.raises(ConfigError) as e:
+        load_config(task)
+    assert str(task) in str(e.value) and "../nope/defaults.yaml" in str(e.value)
+    assert str(tmp_path.parent / "nope" / "defaults.yaml") in str(e.value)
+    task.write_text("extends: basse\n" + body)
+    with pytest.raises(ConfigError, match="no packaged config of that name.*base"):
+        load_config(task)
+    task.write_text("extends: [base]\n" + body)
+    with pytest.raises(ConfigError, match="'extends' must be"):
+        load_config(task)
+    other = tmp_path / "other.yaml"
+    other.write_text("extends: mine.yaml\n")
+    task.write_text("extends: other.yaml\n" + body)
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(task)
 
 
 def test_set_overrides_and_hash_changes():

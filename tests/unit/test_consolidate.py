@@ -1,8 +1,8 @@
 """Consolidation and prompt building with reviews (no Spark)."""
 from pld_spark.config import ConsolidateConfig, load_config
-from pld_spark.llm.base import ChatResponse
-from pld_spark.pipeline.consolidate import (build_prompt, canonical_label, fallback_per_label, medoid, rule_id,
-                                            sample_members, transform)
+from pld_spark.llm.types import ChatResponse
+from pld_spark.pipeline.consolidate import fallback_per_label, medoid, sample_members, transform
+from pld_spark.prompts.rules import build_prompt, canonical_label, rule_id
 from pld_spark.prompts.student import approx_tokens
 from tests.conftest import CONF
 from tests.distill_fakes import CATEGORY, KEYWORDS, ScriptedTeacher

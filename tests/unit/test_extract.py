@@ -5,7 +5,8 @@ import time
 from pld_spark.config import load_config
 from pld_spark.engines.executor import Pacer, call_rows, split_rate, worker_llm_config
 from pld_spark.llm.base import ChatResponse
-from pld_spark.pipeline.extract import ExtractSpec, handle, make_request, micro_id, teacher_model_id
+from pld_spark.pipeline.extract import ExtractSpec, handle, make_request, micro_id
+from pld_spark.storage.readers import teacher_model_id
 from tests.conftest import CONF
 
 CFG = load_config(CONF / "stereoset.yaml")
@@ -45,6 +46,7 @@ def test_handle_valid_invalid_error_and_injection():
 
 class SlowClient:
     backend, model_id = "fake", "slow"
+    max_concurrency = 64  # an HTTP-like client: the executor's max_in_flight is the bound
 
     def __init__(self):
         self.active = 0
@@ -88,11 +90,3 @@ def test_pacer_and_rate_split():
     assert time.monotonic() - t0 >= 0.29
     w = worker_llm_config(CFG.teacher.model_copy(update={"requests_per_minute": 60, "tokens_per_minute": 1000}), 4)
     assert w.requests_per_minute is None and w.tokens_per_minute == 250
-
-
-def test_local_llamacpp_workers_share_the_cores():
-    w = worker_llm_config(CFG.teacher, 2, local_cores=4)
-    assert w.n_threads == 2
-    assert worker_llm_config(CFG.teacher.model_copy(update={"n_threads": 3}), 2, local_cores=4).n_threads == 3
-    assert worker_llm_config(CFG.teacher, 8, local_cores=2).n_threads == 1
-    assert worker_llm_config(CFG.teacher, 2).n_threads is None

@@ -74,3 +74,50 @@ def test_unknown_method_rejected():
 
 def test_argmax_tie_is_first_label():
     assert argmax_label({"a": 0.5, "b": 0.5, "c": 0.0}, LABELS) == "a"
+
+
+def _skewed_rows(n=300, seed=0):
+    """A model biased towards 'a' on rows whose gold label is mostly 'a' (a rare 'c')."""
+    import random
+
+    rng = random.Random(seed)
+    raw, gold = [], []
+    for _ in range(n):
+        g = rng.choices(["a", "b", "c"], weights=[0.6, 0.3, 0.1])[0]
+        raw.append({"a": rng.gauss(1.5, 1) + (1.5 if g == "a" else 0), "b": rng.gauss(0, 1) + (2 if g == "b" else 0),
+                    "c": rng.gauss(0.5, 1) + (2 if g == "c" else 0)})
+        gold.append(g)
+    return raw, gold
+
+
+def test_choose_picks_the_best_validation_calibration_and_round_trips():
+    from pld_spark.llm.calibrate import Calibration, choose
+    from pld_spark.metrics import macro_f1
+
+    raw, gold = _skewed_rows()
+    cal = choose(raw, gold, ["a", "b", "c"], prior={"a": 60, "b": 30, "c": 10})
+    assert set(cal.val_macro_f1) == {"none", "val_centred", "prior", "fitted"}
+    assert cal.val_macro_f1[cal.method] == max(cal.val_macro_f1.values())
+    # the fitted offsets start from the prior's and only keep improvements
+    assert cal.val_macro_f1["fitted"] >= cal.val_macro_f1["prior"]
+    # applying the stored offsets reproduces the validation score of the choice
+    pred = [max(p, key=p.get) for p in cal.apply(raw, ["a", "b", "c"])]
+    assert macro_f1(gold, pred, ["a", "b", "c"]) == pytest.approx(cal.val_macro_f1[cal.method], abs=1e-6)
+    assert Calibration.from_json(cal.to_json()) == cal and cal.n_val == 300
+
+
+def test_prior_corrected_centring_stops_overpredicting_a_rare_label():
+    """Centring assumes balanced labels: on a 10%-'c' split it predicts 'c' far more than 10% of
+    the time; adding the log prior puts the label frequencies back."""
+    from pld_spark.llm.calibrate import centring_offsets, log_softmax, prior_offsets, _predict
+
+    raw, gold = _skewed_rows(seed=3)
+    labels = ["a", "b", "c"]
+    norm = [log_softmax(r, labels) for r in raw]
+    centred = centring_offsets(norm, labels)
+    with_prior = prior_offsets(centred, {"a": 0.6, "b": 0.3, "c": 0.1}, labels)
+    c_centred = _predict(norm, labels, centred).count("c")
+    c_prior = _predict(norm, labels, with_prior).count("c")
+    n_c = gold.count("c")
+    assert c_centred > 2 * n_c  # centring over-predicts the rare label
+    assert abs(c_prior - n_c) < 0.3 * n_c < abs(c_centred - n_c)

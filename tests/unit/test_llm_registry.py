@@ -49,19 +49,6 @@ def test_build_client_picks_class_by_type(monkeypatch):
         build_client(LLMConfig(type="openai", model="m", base_url="http://x/v1"), role="judge")
 
 
-def test_build_client_wraps_a_store_as_delta_cache():
-    from pld_spark.llm.cache import DeltaCache
-    from pld_spark.llm.registry import build_client
-
-    class FakeStore:
-        def merge(self, *a, **k): ...
-
-        def read(self, *a, **k): ...
-
-    c = build_client(LLMConfig(type="openai", model="m", base_url="http://x/v1"), store=FakeStore())
-    assert isinstance(c.persistent_cache, DeltaCache)
-
-
 def test_get_or_build_is_process_cached_by_config():
     from pld_spark.llm.registry import clear_clients, get_or_build
 

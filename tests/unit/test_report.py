@@ -76,3 +76,54 @@ def test_report_without_matplotlib_still_has_numbers(result, tmp_path, monkeypat
     html = report.render_html(result)
     assert "data:image/png" not in html
     assert "plot needs matplotlib" in html and "pv-pld" in html
+
+
+def _with_reused(result):
+    """pld_cluster measured; pld_resolved kept the same prompt, so evaluate reused its figures."""
+    from pld_spark.pipeline.evaluate import Condition, reused_result
+
+    cluster = {**result["conditions"]["pld_resolved"], "condition": "pld_cluster", "kind": "consolidated"}
+    resolved = reused_result(cluster, Condition("pld_resolved", "pv-pld", "same text", "consolidated",
+                                                note="alias 'distilled'"))
+    return {**result, "conditions": {"zero_shot": result["conditions"]["zero_shot"], "pld_cluster": cluster,
+                                     "pld_resolved": resolved}, "skipped": {}}
+
+
+def test_reuse_plan_scores_each_prompt_version_once():
+    from pld_spark.pipeline.evaluate import Condition, reuse_plan
+
+    conds = [Condition("zero_shot", "pv-z", "z", "zero_shot"), Condition("pld_cluster", "pv-p", "p", "consolidated"),
+             Condition("pld_resolved", "pv-p", "p", "consolidated"), Condition("cot", "pv-z", "z", "cot")]
+    assert reuse_plan(conds) == {"pld_resolved": "pld_cluster"}  # cot scores differently: never merged
+    assert reuse_plan(conds[:2] + [Condition("pld_resolved", "pv-q", "q", "resolved")]) == {}
+
+
+def test_reused_condition_reports_no_unmeasured_latency(result, tmp_path):
+    res = _with_reused(result)
+    resolved = res["conditions"]["pld_resolved"]
+    assert resolved["reused_from"] == "pld_cluster" and resolved["latency_p50"] is None
+    assert resolved["latency_first"] is None and resolved["prefix_hit_rate"] is None
+    assert resolved["macro_f1"] == res["conditions"]["pld_cluster"]["macro_f1"]
+    assert resolved["note"] == "alias 'distilled'; same prompt as pld_cluster; figures reused"
+    html_path, md_path = report.write_report(res, tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+
+    from pld_spark.pipeline.evaluate import summary_table
+
+    table = summary_table(res)
+    row = next(line for line in table.splitlines() if line.startswith("pld_resolved"))
+    assert f"{resolved['macro_f1']:.3f} [" in row and row.count("see pld_cluster") == 3
+    assert " ms" not in row and "0%" not in row  # nothing printed that was not measured
+    assert "pld_resolved: same prompt as pld_cluster (pv-pld); figures reused, not scored again" in table
+    md_row = next(line for line in md.splitlines() if line.startswith("| pld_resolved |"))
+    assert " ms" not in md_row and "see pld_cluster" in md_row
+    assert "- **pld_resolved**: same prompt as pld_cluster (pv-pld); figures reused" in md
+    # the latency contrast is about the condition that was measured, and says why
+    for text in (md, html):
+        assert "took 0 ms" not in text and "pld_cluster sends 900 prompt tokens" in text
+        assert "its p50 latency is 150 ms" in text and "took 2500 ms" in text
+        assert "pld_resolved uses the same prompt as pld_cluster; its figures are reused, not measured again." in text
+    lat_row = re.search(r"<tr><td>pld_resolved</td>(.*?)</tr>", html.split("Latency: PLD")[1]).group(1)
+    assert " ms" not in lat_row and "see pld_cluster" in lat_row
+    # bar chart + latency chart (measured conditions) + confusion matrices of zero_shot and pld_cluster
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 4

@@ -1,10 +1,11 @@
-"""Conflict-loop logic: sampling, operations, metric (no Spark)."""
+"""Conflict-loop logic: sampling, operations, metric, the loop's decisions (no Spark, no model)."""
 import json
 
-from pld_spark.config import load_config
-from pld_spark.pipeline.resolve import RuleSet, apply_operations, macro_f1, score, stratified_sample
+from pld_spark.config import ResolveConfig, load_config
+from pld_spark.metrics import macro_f1
+from pld_spark.pipeline.resolve import Proposal, apply_operations, promotion, run_loop, stratified_sample
+from pld_spark.validation import PromptJudge, Scored
 from tests.conftest import CONF
-from tests.distill_fakes import KeywordStudent
 
 LABELS = load_config(CONF / "stereoset.yaml").task.label_names
 
@@ -27,7 +28,7 @@ def test_stratified_sample_covers_confusions_and_is_seeded():
 
 
 def test_apply_operations_modify_add_delete_and_skip():
-    rs = RuleSet([{"rule_id": "a", "label": "race", "instruction": "If a country, the label is race.", "support": 5,
+    rs = ([{"rule_id": "a", "label": "race", "instruction": "If a country, the label is race.", "support": 5,
                    "topic": "t", "member_micro_ids": ["m1", "m2"], "cluster_id": 0},
                   {"rule_id": "b", "label": "gender", "instruction": "If a mother, the label is gender.", "support": 3,
                    "topic": "", "member_micro_ids": ["m3"], "cluster_id": 1}])
@@ -39,7 +40,7 @@ def test_apply_operations_modify_add_delete_and_skip():
            {"op": "add", "instruction": "If y, the label is fish.", "label": "fish"},
            {"op": "rename", "rule_id": "a"}]
     new, rows, diff = apply_operations(rs, ops, LABELS, source_example_ids=["e1", "e2"])
-    assert [r["label"] for r in new.rules] == ["race", "profession"]
+    assert [r["label"] for r in new] == ["race", "profession"]
     mod = next(r for r in rows if r.parent_rule_id == "a")
     assert mod.member_micro_ids == ["m1", "m2"] and mod.origin == "resolve" and mod.support == 5
     assert mod.source_example_ids == ["e1", "e2"]
@@ -53,12 +54,110 @@ def test_apply_operations_modify_add_delete_and_skip():
     json.dumps(diff)
 
 
-def test_score_batches_and_maps_errors():
-    class Flaky(KeywordStudent):
-        def classify(self, system, inputs, labels, calibration="none"):
-            res = super().classify(system, inputs, labels, calibration)
-            res[0].error, res[0].label = "boom", None
-            return res
+# ----------------------------------------------------------------------------- the loop
+class _Built:
+    """What build_prompt returns, reduced to what run_loop reads."""
 
-    preds = score(Flaky(), "1. [race] If 'somali', race.", ["a somali man"] * 5, LABELS, "none", batch_size=2)
-    assert preds == ["<none>", "race", "<none>", "race", "<none>"]
+    def __init__(self, rules):
+        from types import SimpleNamespace
+
+        text = "|".join(r["instruction"] for r in rules)
+        self.assembled = SimpleNamespace(text=text, version="pv-" + str(abs(hash(text)) % 10**8))
+
+
+def _rows(prefix, labels):
+    return [{"example_id": f"{prefix}{i}", "input_text": f"x{i}", "label": lab} for i, lab in enumerate(labels)]
+
+
+START = [{"rule_id": "r1", "label": "race", "instruction": "If a country is named, the label is race.",
+          "support": 3, "topic": "", "member_micro_ids": ["m1"], "cluster_id": 0}]
+TRAIN = _rows("t", ["race", "gender", "race", "gender"])
+VAL = _rows("v", ["race", "gender", "race", "gender"])
+
+
+class Judge(PromptJudge):
+    """The real judge's decisions over a scripted scoring function (no model): ``score(text, rows)``."""
+
+    def __init__(self, score):
+        super().__init__(student=None, labels=LABELS, calibration="none", bootstrap=200)
+        self.score = score
+
+    def raw(self, text, rows):
+        return [{lab: (0.0 if lab == p else -5.0) for lab in LABELS} for p in self.score(text, rows)]
+
+
+def _scorer(good_texts):
+    """Predicts every gold label right when the prompt text contains one of ``good_texts``, else 'race'."""
+    def score(text, rows):
+        return [r["label"] if any(g in text for g in good_texts) else "race" for r in rows]
+    return score
+
+
+def test_loop_accepts_a_better_candidate_then_stops_when_nothing_fails():
+    ops = [{"op": "add", "instruction": "If a mother is named, the label is gender.", "label": "gender"}]
+    calls = []
+
+    def propose(t, rules, fails, oks):
+        calls.append((t, [r["example_id"] for r in fails], [r["example_id"] for r in oks]))
+        return Proposal(ops)
+
+    val = VAL * 5  # enough rows for the paired test to be sure
+    res = run_loop("pv-start", "start", START, TRAIN, val, LABELS, ResolveConfig(max_rounds=3, min_delta=0.01),
+                   judge=Judge(_scorer(["mother"])), propose=propose, build=_Built)
+    assert res.rounds[1].accepted and res.best_version != "pv-start" and "paired delta" in res.rounds[1].note
+    assert res.best_val == 0.5 and res.start_val < res.best_val  # 2 of 4 labels present -> 0.5 max
+    assert [r["label"] for r in res.best_rules] == ["race", "gender"]
+    assert res.stop_reason == "no train failures" and len(res.rounds) == 3
+    assert sorted(calls[0][1]) == ["t1", "t3"] and sorted(calls[0][2]) == ["t0", "t2"]  # failures and successes
+    assert [k for _, k, _, _ in res.candidates] == ["pld_resolved"] and len(res.new_rules) == 1
+
+
+def test_loop_rejects_a_candidate_the_paired_test_does_not_favour():
+    ops = [{"op": "delete", "rule_id": "r1"}]
+
+    def score(text, rows):  # train rows always fail; val rows are right only with the country rule
+        return [r["label"] if "If a country" in text and r["example_id"].startswith("v") else "religion"
+                for r in rows]
+
+    res = run_loop("pv-start", "If a country", START, TRAIN, VAL, LABELS, ResolveConfig(max_rounds=2),
+                   judge=Judge(score), propose=lambda *a: Proposal(ops), build=_Built)
+    assert not res.rounds[1].accepted and res.best_version == "pv-start"
+    assert res.stop_reason == "candidate not better than the current prompt on the paired val test"
+    assert [k for _, k, _, _ in res.candidates] == ["pld_rejected"]
+
+
+def test_loop_retries_an_empty_proposal_once_with_another_sample():
+    answers = [Proposal([{"op": "add", "instruction": "no label", "label": "race"}]),
+               Proposal([{"op": "add", "instruction": "If a mother is named, the label is gender.", "label": "gender"}])]
+    seen = []
+
+    def propose(t, rules, fails, oks):
+        seen.append(t)
+        return answers.pop(0)
+
+    res = run_loop("pv-s", "s", START, TRAIN, VAL * 5, LABELS, ResolveConfig(max_rounds=1),
+                   judge=Judge(_scorer(["mother"])), propose=propose, build=_Built)
+    assert seen == [1, 1] and json.loads(res.rounds[1].rule_diff)["attempt"] == 2 and res.rounds[1].accepted
+
+
+def test_loop_stops_on_teacher_error_and_on_no_valid_operation():
+    cfg = ResolveConfig(max_rounds=2)
+    res = run_loop("pv-s", "s", START, TRAIN, VAL, LABELS, cfg, judge=Judge(_scorer([])),
+                   propose=lambda *a: Proposal(error="ServerError: 503"), build=_Built)
+    assert res.stop_reason.startswith("teacher call failed: ServerError") and res.best_version == "pv-s"
+    res = run_loop("pv-s", "s", START, TRAIN, VAL, LABELS, cfg, judge=Judge(_scorer([])),
+                   propose=lambda *a: Proposal([{"op": "add", "instruction": "no label", "label": "race"}]),
+                   build=_Built)
+    assert res.stop_reason == "teacher proposed no valid operation (twice, with two different samples)"
+    assert not res.candidates and json.loads(res.rounds[1].rule_diff)["skipped"]
+
+
+def test_promotion_needs_a_paired_win_over_the_better_zero_shot():
+    judge = Judge(_scorer(["good"]))
+    val = VAL * 10
+    best = judge.fit("good rules", val)
+    zs = {"zero_shot": judge.fit("plain", val), "zero_shot_bare": judge.fit("good too", val)}
+    ok, why, stat = promotion(judge, val, best, zs, 0.9)
+    assert not ok and stat["vs"] == "zero_shot_bare" and why.startswith("NOT promoted")
+    ok, why, stat = promotion(judge, val, best, {"zero_shot": zs["zero_shot"]}, 0.9)
+    assert ok and why.startswith("promoted") and stat["delta"] > 0

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from pld_spark.errors import ServerError
-from pld_spark.llm.base import ClassifyResult
-from pld_spark.pipeline.score import RESULT_COLUMNS, StudentScorer, result_arrow, score_batch
+from pld_spark.llm.types import ClassifyResult
+from pld_spark.scoring import RESULT_COLUMNS, StudentScorer, result_arrow, score_batch
 
 LABELS = ["a", "b"]
 
@@ -14,6 +14,7 @@ LABELS = ["a", "b"]
 class ScriptedClient:
     backend = "fake"
     model_id = "scripted"
+    calibration = "batch"
 
     def __init__(self, answers=None, raises=None):
         self.answers = list(answers or [])

@@ -1,4 +1,4 @@
-"""ray_runtime start/stop decisions, with Ray's entry points recorded (no cluster started).
+"""ray_runtime start/stop decisions, with Ray's entry points recorded (no Ray cluster, no Spark, no model).
 
 The real local start is covered by tests/integration/test_ray_score.py; Ray on Spark needs a
 Databricks or standalone Spark cluster, so its call sequence is checked here."""
