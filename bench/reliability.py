@@ -79,6 +79,7 @@ def phase_faults(spark, work: Path, args) -> dict[str, Any]:
 
     from pld_spark.llm.models import resolve_model_path
     from pld_spark.pipeline import ingest
+    from pld_spark.storage import readers
     from tests.integration.servers import FaultServer, LlamaCppServer, has_traceback, pld_args, pld_env, request_key
 
     max_attempts = args.max_retries + 1
@@ -102,7 +103,7 @@ def phase_faults(spark, work: Path, args) -> dict[str, Any]:
             "extract.max_error_rate=1.0"]
         ctx = _ctx(spark, sets)
         ingest.run(ctx)
-        train = {r.example_id: r.input_text for r in ingest.current_examples(ctx, "train").collect()}
+        train = {r.example_id: r.input_text for r in readers.current_examples(ctx, "train").collect()}
         key_to_id = {t: e for e, t in train.items()}
         env = pld_env({KEY_ENV: "sk-bench-" + secrets.token_hex(16)})
         print(f"[faults] {len(train)} train examples; llama_cpp.server {llama.url} (1 thread) behind "
