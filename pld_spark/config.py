@@ -27,7 +27,7 @@ from pld_spark.config_sections import (  # noqa: F401 - the sections are part of
     _Model, LabelSpec, TaskConfig, SplitConfig, SampleConfig, DatasetConfig,
     InputPolicyConfig, LakehouseConfig, SparkConfig, LLMConfig, ExtractConfig, EmbedderConfig,
     ClustererConfig, ClusterConfig, ConsolidateConfig, ResolveConfig, RayConfig, ScoreConfig, SelectConfig,
-    EvaluateConfig, DriftConfig)
+    EvaluateConfig, DriftConfig, MlflowConfig, PromotionConfig)
 from pld_spark.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -51,6 +51,8 @@ class PLDConfig(_Model):
     score: ScoreConfig = ScoreConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     drift: DriftConfig = DriftConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     # Set by load_config, excluded from hashing so the hash depends on content only.
     source: str = Field("", exclude=True)

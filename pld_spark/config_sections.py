@@ -167,6 +167,10 @@ class ExtractConfig(_Model):
     max_in_flight: int = Field(4, ge=1, description="Concurrent teacher requests per Spark partition.")
     partitions: int | None = Field(None, ge=1, description="Spark partitions for the teacher map (default: spark parallelism).")
     max_error_rate: float = Field(0.2, ge=0, le=1, description="Fail the stage if more than this share of rows errored.")
+    max_calls: int | None = Field(
+        None, ge=0, description="Budget: teacher calls this run may make at most (the first N pending ids); the rest "
+                                "stay pending for the next run, and later stages use the rules extracted so far. "
+                                "0 skips extraction. null: all pending rows.")
     claim: bool = Field(True, description="Claim each batch in extract_claims before calling the teacher, so "
                         "overlapping runs split the pending rows instead of both paying for them.")
     max_input_chars: int = Field(6000, ge=100, description="Input characters shown to the teacher (prompt tokens cost).")
@@ -364,3 +368,31 @@ class DriftConfig(_Model):
                           "input distance (a deterministic sample by doc id hash; embedding time grows with it).")
     min_rows: int = Field(20, ge=1, description="A day with fewer scored rows is stored but never alerts: its label "
                           "mix and error share are too noisy to tell drift from chance.")
+
+
+class MlflowConfig(_Model):
+    """MLflow tracking and Prompt Registry (:mod:`pld_spark.tracking`); an MLflow failure is a WARNING."""
+
+    enabled: bool = Field(True, description="Log `pld run` / `pld evaluate` / `pld distill` as an MLflow run (params, "
+                          "metrics with CIs, report artifacts) and mirror prompt versions and aliases in the MLflow "
+                          "Prompt Registry (a few SQLite writes or API calls). Without the mlflow package: off.")
+    tracking_uri: str | None = Field(None, description="null: 'databricks' on Databricks, else sqlite:///<lakehouse>/mlflow.db.")
+    registry_uri: str | None = Field(None, description="null: 'databricks-uc' on Databricks, else the tracking URI.")
+    experiment: str | None = Field(None, description="Experiment name; null: /Shared/pld_spark-<task> on Databricks, "
+                                   "pld_spark-<task> locally.")
+    prompt_name: str | None = Field(None, description="Prompt Registry name; null: pld_<task> "
+                                    "(<catalog>.<schema>.pld_<task> on Databricks with lakehouse.catalog set).")
+
+
+class PromotionConfig(_Model):
+    """Champion/challenger (:mod:`pld_spark.monitor.promotion`): ``distilled`` replaces ``live`` or not."""
+
+    auto: bool = Field(True, description="After resolve moves 'distilled', compare it with 'live' and move 'live' "
+                       "when it wins (one student pass of the champion over the split, free when cached). false: "
+                       "the decision is recorded (candidate), 'live' never moves.")
+    margin: float = Field(0.0, description="Promote only when the lower bound of the paired CI of macro-F1 "
+                          "(challenger - champion) is above this.")
+    max_label_drop: float = Field(0.05, ge=0, le=1, description="... and no label's F1 drops by more than this.")
+    confidence: float = Field(0.9, gt=0, lt=1, description="Level of that paired bootstrap CI (evaluate.bootstrap "
+                              "resamples, evaluate.seed).")
+    split: Literal["val", "test"] = Field("val", description="Rows the two prompts are compared on (gold labels).")

@@ -190,7 +190,19 @@ class RunContext:
     def store(self):
         from pld_spark.storage.delta import DeltaStore
 
-        return DeltaStore.from_config(self.spark, self.cfg.lakehouse)
+        store = DeltaStore.from_config(self.spark, self.cfg.lakehouse)
+        if self.cfg.mlflow.enabled:  # prompt versions and alias moves are mirrored in the MLflow Prompt Registry
+            from pld_spark.prompts.versions import add_observer
+
+            add_observer(store, self.tracker)
+        return store
+
+    @cached_property
+    def tracker(self):
+        """MLflow tracking of this run (:class:`pld_spark.tracking.Tracker`; imports mlflow on first use)."""
+        from pld_spark.tracking import Tracker
+
+        return Tracker(self.cfg)
 
     @cached_property
     def teacher(self):
@@ -283,7 +295,8 @@ class RunContext:
 
     def start(self) -> "RunContext":
         """Write this run's 'running' row, close the rows of dead runs in the same commit, and
-        start the heartbeat."""
+        start the heartbeat. Settings this compute cannot honour fail first (:meth:`check_compute`)."""
+        self.check_compute()
         try:
             stale = self.stale_runs()
         except Exception:  # noqa: BLE001 - closing others' rows is housekeeping; never block this run
@@ -297,6 +310,17 @@ class RunContext:
                                           name=f"pld-heartbeat-{self.run_id}", daemon=True)
             self._beat.start()
         return self
+
+    def check_compute(self) -> None:
+        """Fail before the run's first row, with a :class:`ConfigError`, on settings the session
+        cannot honour: Ray on Spark (``score.ray.setup_on_spark``) under Spark Connect, where
+        ``setup_ray_cluster`` has no ``sparkContext`` (:func:`pld_spark.engines.ray.check_spark_session`).
+        Builds the session only when Ray on Spark is asked for."""
+        cfg = self.cfg
+        if cfg.score.ray.setup_on_spark and "ray" in (cfg.score.engine, cfg.evaluate.engine):
+            from pld_spark.engines.ray import check_spark_session
+
+            check_spark_session(cfg.score.ray, self.spark)
 
     def progress(self) -> None:
         """Append a 'running' row with the usage and counts so far (call after a committed

@@ -31,11 +31,11 @@ def _ok(pred: Any, labels: Sequence[str]) -> Any:
 
 def compare_stats(gold: Sequence[Any], pred_a: Sequence[Any], pred_b: Sequence[Any], labels: Sequence[str], *,
                   doc_ids: Sequence[str] | None = None, texts: Sequence[str] | None = None, top: int = 20,
-                  n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+                  n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
     """Prompt A against prompt B on the same rows (``gold[i]``, ``pred_a[i]``, ``pred_b[i]``).
 
     Returns ``n`` (rows kept), ``dropped`` (gold outside ``labels``), ``macro_f1_a``/``_b``,
-    ``delta`` (A - B), ``ci_low``/``ci_high``/``p_a_better`` (paired bootstrap), ``mcnemar``
+    ``delta`` (A - B), ``ci_low``/``ci_high``/``p_a_better`` (paired bootstrap, CI at ``level``), ``mcnemar``
     (``a_only``, ``b_only``, ``p_value``), ``per_label`` (label -> f1_a, f1_b, delta, support),
     ``n_disagree`` and ``disagreements``: the first ``top`` rows where the two answers differ,
     rows exactly one prompt gets right first (those McNemar counts), then rows both get wrong,
@@ -50,7 +50,7 @@ def compare_stats(gold: Sequence[Any], pred_a: Sequence[Any], pred_b: Sequence[A
     a = [_ok(pred_a[i], labels) for i in keep]
     b = [_ok(pred_b[i], labels) for i in keep]
     rep_a, rep_b = classification_report(g, a, labels), classification_report(g, b, labels)
-    boot = paired_bootstrap(g, a, b, labels, n_resamples=n_resamples, seed=seed)
+    boot = paired_bootstrap(g, a, b, labels, n_resamples=n_resamples, seed=seed, level=level)
     mc = mcnemar(g, a, b)
     per_label = {lab: {"f1_a": rep_a["per_class"][lab]["f1"], "f1_b": rep_b["per_class"][lab]["f1"],
                        "delta": rep_a["per_class"][lab]["f1"] - rep_b["per_class"][lab]["f1"],

@@ -9,15 +9,29 @@ non-empty, names a label, length bounds, no injection pattern); when it fails an
 cluster at all (a tiny model's few valid rules are all noise), one medoid rule per label is
 taken from the valid micro-instructions (``origin='medoid_label'``), so a prompt always exists.
 
+Incremental re-distillation. Each cluster's rule carries a fingerprint of what its
+consolidation depends on (:func:`cluster_fingerprint`: the sorted member micro-instruction ids,
+which already encode example, teacher and extract template, plus the task, the consolidate
+settings and template version, and the teacher and its sampling). When new labelled rows arrive
+and re-clustering leaves a cluster's membership unchanged (whatever its new cluster id), the rule
+stored under that fingerprint is reused as is, same ``rule_id`` (so reviews keep applying), and no
+request is even built; only new or changed clusters go to the teacher. A medoid fallback is
+reused too when the teacher answered (badly: rejected or malformed, which the same request would
+repeat), but not when the call brought back no answer (timeout, server error, ...): that cluster
+is sent again next run. The counts record ``clusters_reused`` and ``teacher_calls_saved``.
+
 Rule ids, review application and prompt assembly are :mod:`pld_spark.prompts.rules` (with the
 student's tokenizer and ``consolidate.prompt_token_budget``); the prompt version is written and
 the task's ``clustered`` alias moved through :mod:`pld_spark.prompts.versions`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
 
 from pld_spark.prompts.rules import Rule, build_prompt, canonical_label, rule_id
 from pld_spark.prompts.teacher import parse_consolidate, render_consolidate, validate_rule
@@ -26,6 +40,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "consolidate"
 KIND = "pld_cluster"
+#: rule origins made from one cluster (reusable when the cluster's fingerprint is unchanged)
+CLUSTER_ORIGINS = ("consolidate", "medoid")
 
 
 # ----------------------------------------------------------------------------- cluster -> rule
@@ -101,9 +117,29 @@ def transform(clusters: dict[int, list[dict]], task, teacher, ccfg, *, max_token
     invalid answers become medoid rules (or invalid rows) with the reason, never exceptions.
     Each rule carries its cluster's exemplar (the medoid member's input) for ``exemplars``.
     """
+    return _consolidate(clusters, task, teacher, ccfg, max_tokens)[0]
+
+
+def unanswered(resp) -> bool:
+    """The call brought back no answer to judge (timeout, connection, rate limit, server error,
+    auth, a crash): worth a new call on the next run. An answer that was malformed, or a request
+    the model refused as bad or too long, would come back the same (not unanswered)."""
+    from pld_spark import errors
+
+    if resp.error is None:
+        return False
+    cls = getattr(errors, resp.error_type or "", None)
+    answered = (errors.MalformedResponseError, errors.BadRequestError, errors.ContextLengthError)
+    return not (isinstance(cls, type) and issubclass(cls, answered))
+
+
+def _consolidate(clusters: Mapping[int, list[dict]], task, teacher, ccfg,
+                 max_tokens: int | None) -> tuple[list[Rule], int, set[int]]:
+    """:func:`transform`, the number of keyword retries it sent, and the clusters whose call was
+    :func:`unanswered`."""
     ids = sorted(c for c in clusters if c >= 0)
     if not ids:
-        return []
+        return [], 0, set()
 
     def request(cid: int, feedback: str = ""):
         shown = sample_members(clusters[cid], ccfg.max_members, ccfg.seed, cid)
@@ -112,8 +148,9 @@ def transform(clusters: dict[int, list[dict]], task, teacher, ccfg, *, max_token
                                   template_version=ccfg.template_version, max_tokens=max_tokens,
                                   request_id=f"cluster-{cid}", feedback=feedback)
 
-    verdicts = dict(zip(ids, (_judge(r, task, clusters[c], ccfg) for c, r in zip(ids, teacher.chat(
-        [request(c) for c in ids])))))
+    first = teacher.chat([request(c) for c in ids])
+    verdicts = {c: _judge(r, task, clusters[c], ccfg) for c, r in zip(ids, first)}
+    lost = {c for c, r in zip(ids, first) if unanswered(r)}
     retry = [c for c in ids if ccfg.keyword_retry and (verdicts[c][4] or "").startswith("keyword trigger")]
     if retry:
         again = teacher.chat([request(c, f"your first answer was rejected ({verdicts[c][4]}); write the condition "
@@ -121,6 +158,8 @@ def transform(clusters: dict[int, list[dict]], task, teacher, ccfg, *, max_token
         for c, r in zip(retry, again):
             v = _judge(r, task, clusters[c], ccfg)
             verdicts[c] = v if v[4] is None else (*v[:4], f"{v[4]} (after one retry)")
+            if unanswered(r):
+                lost.add(c)
     out: list[Rule] = []
     for cid in ids:
         members = clusters[cid]
@@ -140,7 +179,109 @@ def transform(clusters: dict[int, list[dict]], task, teacher, ccfg, *, max_token
             out.append(Rule(rule_id("consolidate", label or "", instruction, member_ids), cid, topic[:200],
                             instruction, label or (raw_label or ""), len(members), "consolidate", member_ids,
                             valid=False, invalid_reason=problem))
-    return out
+    return out, len(retry), lost
+
+
+# ----------------------------------------------------------------------------- incremental reuse
+def fingerprint_settings(task, ccfg, teacher_cfg) -> dict[str, Any]:
+    """What a cluster's consolidation depends on besides its members: the task (labels, their
+    descriptions, the input template), the consolidate settings that shape the request or judge
+    the answer (not the prompt assembly ones), and the teacher with its sampling parameters."""
+    from pld_spark.storage.readers import teacher_model_id
+
+    shaping = {"template_version", "max_members", "seed", "keyword_check", "keyword_retry", "exemplar_max_chars",
+               "fallback_to_medoid"}
+    return {"task": task.model_dump(mode="json"), "consolidate": ccfg.model_dump(mode="json", include=shaping),
+            "teacher": teacher_model_id(teacher_cfg), "temperature": teacher_cfg.temperature,
+            "seed": teacher_cfg.seed, "max_tokens": teacher_cfg.max_tokens}
+
+
+def cluster_fingerprint(member_micro_ids: Iterable[str], settings: Mapping[str, Any]) -> str:
+    """sha256 of a cluster's sorted member micro-instruction ids and ``settings``
+    (:func:`fingerprint_settings`): same members, same settings, same fingerprint, whatever the
+    cluster's id in its clustering."""
+    blob = json.dumps({"members": sorted(set(member_micro_ids)), "settings": settings}, sort_keys=True, default=str)
+    return "cf-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def fingerprints(clusters: Mapping[int, list[dict]], settings: Mapping[str, Any]) -> dict[int, str]:
+    """cluster_id -> fingerprint of every non-noise cluster."""
+    return {c: cluster_fingerprint((m["micro_id"] for m in ms), settings) for c, ms in clusters.items() if c >= 0}
+
+
+def reusable(row: Mapping[str, Any]) -> bool:
+    """Whether a stored rule may stand in for a new consolidation of its cluster: it was made from
+    one cluster and carries its fingerprint (a medoid fallback after an :func:`unanswered` call
+    gets none, so that call is made again)."""
+    return bool(row.get("cluster_fingerprint")) and row.get("origin") in CLUSTER_ORIGINS
+
+
+def stored_rule(row: Mapping[str, Any], cluster_id: int) -> Rule:
+    """A stored ``rules`` row as the rule of cluster ``cluster_id`` of this clustering (same rule_id:
+    the row in ``rules`` keeps the run and clustering that paid for it)."""
+    return Rule(row["rule_id"], cluster_id, row.get("topic") or "", row["instruction"], row["label"],
+                int(row.get("support") or 0), row["origin"], list(row.get("member_micro_ids") or []),
+                valid=bool(row.get("valid")), invalid_reason=row.get("invalid_reason"), error=row.get("error"),
+                example_id=row.get("example_id"), example_text=row.get("example_text"),
+                example_label=row.get("example_label"), cluster_fingerprint=row["cluster_fingerprint"])
+
+
+@dataclass
+class ReusePlan:
+    """Which clusters keep a stored rule and which go to the teacher."""
+
+    fingerprints: dict[int, str]
+    reused: dict[int, Rule] = field(default_factory=dict)  # cluster_id -> the stored rule it keeps
+    todo: list[int] = field(default_factory=list)  # cluster ids to consolidate, in order
+
+
+def plan_reuse(clusters: Mapping[int, list[dict]], settings: Mapping[str, Any],
+               previous: Iterable[Mapping[str, Any]] = ()) -> ReusePlan:
+    """Match clusters to ``previous`` stored rules (``rules`` rows) by fingerprint, never by cluster
+    id. Of several reusable rows with one fingerprint the newest (created_at, then rule_id) wins."""
+    from datetime import datetime
+
+    def newest(row):
+        t = row.get("created_at")
+        return (t is not None, t.replace(tzinfo=None) if t is not None else datetime.min, row["rule_id"])
+
+    best: dict[str, Mapping[str, Any]] = {}
+    for row in sorted((r for r in previous if reusable(r)), key=newest):
+        best[row["cluster_fingerprint"]] = row
+    fps = fingerprints(clusters, settings)
+    plan = ReusePlan(fps)
+    for c in sorted(fps):
+        if fps[c] in best:
+            plan.reused[c] = stored_rule(best[fps[c]], c)
+        else:
+            plan.todo.append(c)
+    return plan
+
+
+@dataclass
+class Consolidated:
+    rules: list[Rule]
+    plan: ReusePlan
+    retries: int = 0
+    unanswered: set[int] = field(default_factory=set)
+
+    def counts(self) -> dict[str, int]:
+        n = len(self.plan.fingerprints)
+        return {"clusters": n, "clusters_reused": len(self.plan.reused), "clusters_consolidated": len(self.plan.todo),
+                "teacher_calls": len(self.plan.todo), "teacher_retries": self.retries,
+                "teacher_unanswered": len(self.unanswered), "teacher_calls_saved": len(self.plan.reused)}
+
+
+def consolidate_clusters(clusters: Mapping[int, list[dict]], task, teacher, ccfg, plan: ReusePlan, *,
+                         max_tokens: int | None = None) -> Consolidated:
+    """Rules for every cluster of ``plan``: the reused stored rules, and :func:`transform` of the
+    clusters in ``plan.todo`` only (``teacher`` is not touched when that is empty), each stamped
+    with its cluster's fingerprint unless its call was :func:`unanswered`. Ordered by cluster id."""
+    made, retries, lost = _consolidate({c: clusters[c] for c in plan.todo}, task, teacher, ccfg, max_tokens) \
+        if plan.todo else ([], 0, set())
+    by_cluster = {**plan.reused, **{r.cluster_id: r if r.cluster_id in lost else
+                                    replace(r, cluster_fingerprint=plan.fingerprints[r.cluster_id]) for r in made}}
+    return Consolidated([by_cluster[c] for c in sorted(by_cluster)], plan, retries, lost)
 
 
 def fallback_per_label(micro: list[dict], task, seed: int = 0) -> list[Rule]:
@@ -176,9 +317,19 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
     cluster_run = readers.latest_cluster_run(ctx, micro.select("micro_id"))
     clusters = readers.cluster_members(ctx, cluster_run, micro) if cluster_run is not None else {}
     n_clusters = len([c for c in clusters if c >= 0])
+    reuse: dict[str, int] = {"clusters_reused": 0, "clusters_consolidated": n_clusters, "teacher_calls": n_clusters,
+                             "teacher_retries": 0, "teacher_unanswered": 0, "teacher_calls_saved": 0}
     if n_clusters:
-        rules = transform(clusters, cfg.task, ctx.teacher, ccfg, max_tokens=cfg.teacher.max_tokens)
-        ctx.collect_usage(ctx.teacher, STAGE)
+        settings = fingerprint_settings(cfg.task, ccfg, cfg.teacher)
+        plan = plan_reuse(clusters, settings, readers.rules_by_fingerprint(
+            store, cfg.task.name, fingerprints(clusters, settings).values()))
+        done = consolidate_clusters(clusters, cfg.task, ctx.teacher if plan.todo else None, ccfg, plan,
+                                    max_tokens=cfg.teacher.max_tokens)
+        rules, reuse = done.rules, done.counts()
+        if plan.todo:
+            ctx.collect_usage(ctx.teacher, STAGE)
+        log.info("consolidate: %d clusters; %d unchanged since an earlier run keep their rules (%d teacher calls "
+                 "saved), %d sent to the teacher", n_clusters, len(plan.reused), len(plan.reused), len(plan.todo))
     else:
         log.warning("consolidate: the clustering has no clusters; falling back to one medoid rule per label")
         rules = fallback_per_label([r.asDict() for r in micro.collect()], cfg.task, seed=cfg.cluster.clusterer.seed)
@@ -196,7 +347,7 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
         run_id=ctx.run_id))
     versions.set_alias(ALIAS_CLUSTERED, version, by="pld consolidate", note=f"run {ctx.run_id}")
     counts = {
-        "cluster_run_id": cluster_run, "clusters": n_clusters, "teacher_calls": n_clusters, "rules": len(rules),
+        "cluster_run_id": cluster_run, "clusters": n_clusters, **reuse, "rules": len(rules),
         "by_origin": {o: sum(r.origin == o for r in rules) for o in sorted({r.origin for r in rules})},
         "invalid_rules": sum(not r.valid for r in rules), "prompt_version": version,
         "prompt_rules": len(built.assembled.rule_ids), "dropped_rules": len(built.dropped_rule_ids),

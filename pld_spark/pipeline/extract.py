@@ -186,6 +186,12 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
                               "errors": 0, "invalid": 0, "injection_flags": 0, "batches": 0, "claimed_elsewhere": 0,
                               "teacher_model": tm, "template_version": tv}
     log.info("extract: %d train examples, %d pending for (%s, %s)", n_train, len(todo), tm, tv)
+    if ecfg.max_calls is not None and len(todo) > ecfg.max_calls:
+        counts["left_pending"] = len(todo) - ecfg.max_calls
+        log.warning("extract: extract.max_calls=%d: %d pending rows are left for a later run; later stages use the "
+                    "rules of %d of %d train examples", ecfg.max_calls, counts["left_pending"],
+                    counts["already_done"] + ecfg.max_calls, n_train)
+        todo = todo[:ecfg.max_calls]
     from pld_spark.engines.spark import default_parallelism
 
     parallelism = ecfg.partitions or default_parallelism(spark, cfg.spark)

@@ -4,7 +4,8 @@ transform: validate raw rows (empty text, label outside the label set, undecodab
 duplicate id, over-long text), assign deterministic stratified splits where the dataset has
 none, cap each split with a seeded stratified sample (exactly the cap, shared over the labels
 by :func:`allocate_cap`), and render the student input with the input policy. run: load,
-transform, MERGE on ``example_id`` (re-running adds nothing). Quality gates stop a run whose
+transform, MERGE on ``example_id`` (re-running adds nothing; rows appended to the file since are
+added, ``new_examples``, and the stored rows keep their split). Quality gates stop a run whose
 config and data disagree (a configured label with no rows, a large share of rows rejected
 for one reason) after storing its rejects; see :func:`quality_problems`.
 """
@@ -78,11 +79,14 @@ def _hash_order(seed: int):
     return F.sha2(F.concat(F.lit(f"{seed}:"), F.col("example_id")), 256)
 
 
-def assign_splits(df, split_cfg):
+def assign_splits(df, split_cfg, stored=None):
     """Deterministic stratified split for rows whose ``split`` is null.
 
     Within each label, rows are ordered by sha256(seed:id) and the first ``train`` share goes
     to train, the next ``val`` share to val, the rest to test. Same seed, same split.
+    ``stored`` (example_id, split): the splits an earlier ingest of the same config gave; those
+    rows keep them (an appended row never moves an old train row, and its rule, into val or test);
+    the others get their rank over *all* rows, so an unchanged file gives the same capped samples.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -96,6 +100,9 @@ def assign_splits(df, split_cfg):
     ranked = need.withColumn("_r", F.row_number().over(w) - 1).withColumn("_n", F.count("*").over(wc))
     frac = F.col("_r") / F.col("_n")
     ranked = ranked.withColumn("split", F.when(frac < tr, "train").when(frac < tr + va, "val").otherwise("test"))
+    if stored is not None:
+        ranked = (ranked.join(stored.select("example_id", F.col("split").alias("_kept")), "example_id", "left")
+                  .withColumn("split", F.coalesce("_kept", "split")).drop("_kept"))
     return have.unionByName(ranked.drop("_r", "_n"))
 
 
@@ -329,7 +336,9 @@ def run(ctx) -> dict[str, Any]:
     raw = raw_frame(spark, loaded.rows)
     good, rejects = validate(raw, cfg.task.label_names, cfg.dataset.max_text_chars)
     rejects = rejects.withColumn("task", F.lit(cfg.task.name))
-    split_df = assign_splits(good, cfg.dataset.split)
+    stored = store.read("examples").where((F.col("task") == cfg.task.name)
+                                          & (F.col("dataset_hash") == dataset_hash(cfg))).select("example_id", "split")
+    split_df = assign_splits(good, cfg.dataset.split, stored)
     valid_counts = split_label_counts(split_df)  # one job: the sample plan and the label gate
     examples = prepare(split_df, cfg, spark, counts=valid_counts)
     now = F.current_timestamp()
@@ -350,6 +359,7 @@ def run(ctx) -> dict[str, Any]:
     counts = {
         "rows_read": len(loaded.rows),
         "examples": examples.count(),
+        "new_examples": examples.join(stored, "example_id", "left_anti").count(),  # not stored by an earlier ingest
         "rejects": rejects.count(),
         "per_split_label": {f"{r['split']}/{r['label']}": r["n"] for r in
                             examples.groupBy("split", "label").agg(F.count("*").alias("n")).collect()},

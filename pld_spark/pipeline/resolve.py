@@ -22,7 +22,10 @@ Round t (1..``resolve.max_rounds``):
 The loop's best prompt gets alias ``resolved`` (the starting prompt when nothing beat it, so the
 loop never ships a worse prompt than it started from). It is promoted to ``distilled`` only if it
 beats the better zero-shot prompt (label descriptions or bare names) on val by the same paired
-test; otherwise the run says so and ``distilled`` stays where it was.
+test; otherwise the run says so and ``distilled`` stays where it was. A new ``distilled`` is then the
+challenger of ``live`` (:mod:`pld_spark.monitor.promotion`: ``live`` moves only when the paired CI on
+val clears ``promotion.margin`` and no label drops by more than ``promotion.max_label_drop``; the
+decision and its reason are a ``promotions`` row and ``champion`` in the stage counts).
 Every round writes a ``resolution_rounds`` row (metrics, sample ids, rule diff JSON,
 accepted). Rejected candidates are stored too (kind ``pld_rejected``) so they can be
 inspected; accepted ones have kind ``pld_resolved``. Macro-F1 is :func:`pld_spark.metrics.macro_f1`;
@@ -302,6 +305,15 @@ def _store(ctx, versions, res: LoopResult, promote: bool, why: str) -> None:
         log.warning("resolve: %s", why)
 
 
+def _challenge(ctx, versions, judge, val: list[dict], best_version: str, promoted: bool) -> dict[str, Any]:
+    """Champion/challenger after ``distilled`` moved (:mod:`pld_spark.monitor.promotion`): may it replace ``live``?"""
+    from pld_spark.monitor import promotion as champion_gate  # not this module's promotion() (distilled)
+
+    if not promoted:
+        return {"decision": None, "reason": "no challenger: 'distilled' did not move in this run"}
+    return champion_gate.after_resolve(ctx, versions, judge, val, best_version)
+
+
 def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
     """Run the loop from the selected prompt; see the module docstring for the aliases it moves."""
     from pld_spark.prompts.rules import build_prompt
@@ -347,12 +359,13 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
             for n in ("zero_shot", "zero_shot_bare")}
     promote, why, stat = promotion(judge, val, res.best, zero, rcfg.accept_confidence)
     _store(ctx, versions, res, promote, why)
+    champion = _challenge(ctx, versions, judge, val, res.best_version, promote)
     ctx.collect_usage(ctx.teacher, STAGE)
     ctx.collect_usage(ctx.student, STAGE)
     counts = {"start_version": start.version, "final_version": res.best_version, "rounds": len(res.rounds) - 1,
               "accepted_rounds": res.accepted_rounds, "start_val_macro_f1": round(res.start_val, 4),
               "final_val_macro_f1": round(res.best_val, 4), "train_rows": len(train), "val_rows": len(val),
               "stop_reason": res.stop_reason, "promoted": promote, "promotion": why,
-              "zero_shot_val_macro_f1": {k: round(v.f1, 4) for k, v in zero.items()}}
+              "zero_shot_val_macro_f1": {k: round(v.f1, 4) for k, v in zero.items()}, "champion": champion}
     ctx.record.add_counts(STAGE, **counts)
     return counts

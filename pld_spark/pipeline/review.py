@@ -4,7 +4,8 @@
   row per rule applies the next time a prompt is assembled (consolidate, resolve): a reviewed
   rule set is a *new* prompt version; existing versions never change.
 - :func:`promote` points an alias (``live`` by default) at a prompt version; the latest row per
-  (task, alias) is current, the rest is history.
+  (task, alias) is current, the rest is history. Each manual promotion is also a ``promotions`` row
+  (decision ``manual``, decided_by), next to the automatic champion/challenger decisions.
 - :func:`show_prompt` and :func:`list_rules` take a version id or an alias. Every lookup goes
   through :meth:`pld_spark.prompts.versions.PromptVersions.resolve` (one fallback order, one
   error message for every command).
@@ -60,13 +61,17 @@ def add_review(ctx, rule_id: str, action: str, new_text: str | None = None, revi
 
 
 def promote(ctx, version: str, alias: str = "live", by: str | None = None, note: str | None = "") -> dict[str, Any]:
-    """Point ``alias`` of the task at a prompt version (or at what another alias points to)."""
+    """Point ``alias`` of the task at a prompt version (or at what another alias points to); the
+    decision is a ``promotions`` row (decision ``manual``, who, the version it replaced)."""
+    from pld_spark.monitor.promotion import manual
     from pld_spark.prompts.versions import PromptVersions
 
     versions = PromptVersions(ctx.store, ctx.cfg.task.name)
     target = versions.resolve(version).version
     who = _who(by)
+    previous = versions.aliases().get(alias)
     versions.set_alias(alias, target, by=who, note=note or "")
+    manual(ctx, target, previous, alias, who, note or "")
     return {"task": ctx.cfg.task.name, "alias": alias, "prompt_version": target, "promoted_by": who,
             "note": note or ""}
 

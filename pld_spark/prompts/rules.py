@@ -54,6 +54,9 @@ class Rule:
     example_id: str | None = None
     example_text: str | None = None
     example_label: str | None = None
+    #: the consolidated cluster's fingerprint (members + settings); a later run with an unchanged
+    #: cluster reuses the rule instead of calling the teacher (pld_spark.pipeline.consolidate)
+    cluster_fingerprint: str | None = None
 
     def as_prompt_rule(self) -> dict[str, Any]:
         """The fields prompt assembly reads (also what :func:`build_prompt` takes)."""

@@ -14,15 +14,22 @@ Every command that takes a prompt (``pld score``, ``pld evaluate``, ``pld prompt
   ``selected``, ``clustered`` (:data:`DEFAULT_ORDER`): after ``pld consolidate`` alone that is the
   clustered prompt;
 - anything else is :class:`PromptNotFoundError` with the same message everywhere.
+
+Observers (:func:`add_observer`, e.g. the MLflow Prompt Registry mirror the run context attaches,
+:class:`pld_spark.tracking.Tracker`) are told about every version written and alias moved through a
+store; a failing observer is a WARNING, never an error: the Delta tables are the record.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from pld_spark.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: alias order used when no prompt is named
 DEFAULT_ORDER = ("live", "distilled", "resolved", "selected", "clustered")
@@ -85,6 +92,32 @@ class PromptVersion:
         return d
 
 
+class PromptObserver(Protocol):
+    """Told about prompt versions written and aliases moved (see :func:`add_observer`)."""
+
+    def versions_written(self, task: str, versions: Sequence[PromptVersion]) -> None: ...
+
+    def alias_set(self, task: str, alias: str, version: PromptVersion, by: str, note: str) -> None: ...
+
+
+def add_observer(store, observer: PromptObserver) -> None:
+    """Tell ``observer`` about versions written and aliases set through ``store`` (any PromptVersions on it)."""
+    observers = getattr(store, "prompt_observers", None)
+    if observers is None:
+        observers = []
+        store.prompt_observers = observers
+    if observer not in observers:
+        observers.append(observer)
+
+
+def _notify(store, event: str, *args: Any) -> None:
+    for obs in list(getattr(store, "prompt_observers", None) or ()):
+        try:
+            getattr(obs, event)(*args)
+        except Exception as e:  # noqa: BLE001 - a mirror must never fail the stage that moved the prompt
+            log.warning("prompt observer %s failed on %s: %s: %s", type(obs).__name__, event, type(e).__name__, e)
+
+
 @dataclass(frozen=True)
 class PromptRef:
     """What a reference resolved to: the version, its text and kind, and the alias used (if any)."""
@@ -112,6 +145,7 @@ class PromptVersions:
         if items:
             rows = [tuple(v.row()[c] for c in PROMPTS.columns) for v in items]
             self.store.merge("prompts", self.store.spark.createDataFrame(rows, PROMPTS.ddl), update=False)
+            _notify(self.store, "versions_written", self.task, items)
         return [v.prompt_version for v in items]
 
     def get(self, version: str) -> PromptVersion | None:
@@ -155,6 +189,7 @@ class PromptVersions:
                 "no such prompt version" if pv is None else f"it belongs to task '{pv.task}', not '{self.task}'"))
         row = (self.task, alias, version, by, note or "", datetime.now(timezone.utc))
         self.store.append("prompt_aliases", self.store.spark.createDataFrame([row], PROMPT_ALIASES.ddl))
+        _notify(self.store, "alias_set", self.task, alias, pv, by, note or "")
 
     # ------------------------------------------------------------------ lookup
     def resolve(self, ref: str | None = None) -> PromptRef:

@@ -108,12 +108,14 @@ RULES = _t("rules", """
     label STRING, support INT, origin STRING, parent_rule_id STRING, member_micro_ids ARRAY<STRING>,
     source_example_ids ARRAY<STRING>, valid BOOLEAN, invalid_reason STRING, teacher_model STRING,
     error STRING, run_id STRING, created_at TIMESTAMP, example_id STRING, example_text STRING,
-    example_label STRING""", keys=("rule_id",),
-    added=("example_id STRING", "example_text STRING", "example_label STRING"),
+    example_label STRING, cluster_fingerprint STRING""", keys=("rule_id",),
+    added=("example_id STRING", "example_text STRING", "example_label STRING", "cluster_fingerprint STRING"),
     doc="Consolidated rules (origin: consolidate | medoid | medoid_label | resolve). member_micro_ids link a "
         "rule to the micro-instructions it came from; source_example_ids to the examples a resolve round showed; "
         "example_*: the cluster's exemplar (the input of the member nearest the centroid), shown under the rule "
-        "when consolidate.exemplars is on.")
+        "when consolidate.exemplars is on; cluster_fingerprint: sha256 of the cluster's member ids and the "
+        "consolidation settings, so a later run whose re-clustering leaves the cluster unchanged reuses the rule "
+        "(same rule_id, no teacher call). The row keeps the run and cluster_run_id that paid for it.")
 
 PROMPTS = _t("prompts", """
     prompt_version STRING, task STRING, kind STRING, text STRING, sha256 STRING, parent_version STRING,
@@ -189,6 +191,18 @@ DRIFT_DAILY = _t("drift_daily", """
         "= the prompt's test predictions of its latest evaluation run, or 'test_gold'), PSI, chi-square and its "
         "p-value, error share, mean cosine distance of the day's inputs to the nearest train input; drifted and "
         "reasons name the drift.* thresholds crossed. Recomputed (MERGE) when the day is scored again.")
+
+PROMOTIONS = _t("promotions", """
+    task STRING, alias STRING, challenger_version STRING, champion_version STRING, split STRING, n BIGINT,
+    challenger_macro_f1 DOUBLE, champion_macro_f1 DOUBLE, statistic DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    confidence DOUBLE, p_better DOUBLE, margin DOUBLE, max_label_drop DOUBLE, worst_label STRING,
+    worst_label_drop DOUBLE, per_label STRING, decision STRING, reason STRING, decided_by STRING, run_id STRING,
+    decided_at TIMESTAMP""", keys=("run_id", "task", "alias", "challenger_version"),
+    doc="Champion/challenger decisions: may challenger_version replace champion_version (the alias, 'live', "
+        "before the decision) on the split? statistic = macro-F1 challenger - champion with its paired bootstrap "
+        "CI at `confidence`; worst_label_drop = the largest per-label F1 drop (negative: every label improved); "
+        "decision promoted (the alias moved), candidate (it did not; reason says why) or manual (`pld prompt "
+        "promote`, decided_by who; no statistics).")
 
 
 def spec(name: str) -> TableSpec:

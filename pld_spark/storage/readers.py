@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from pld_spark.errors import ContractError
 
@@ -122,6 +122,18 @@ def pinned_rules(store, task_name: str, reviews: dict[str, dict]) -> list[dict]:
             .select("rule_id", "label", "instruction", "support", "topic", "example_text", "example_label")
             .collect())
     return [r.asDict() for r in rows]
+
+
+def rules_by_fingerprint(store, task_name: str, fingerprints: Iterable[str]) -> list[dict[str, Any]]:
+    """The task's stored rules whose ``cluster_fingerprint`` is one of ``fingerprints`` (what an
+    incremental consolidate may reuse; it picks among them)."""
+    from pyspark.sql import functions as F
+
+    fps = sorted(set(fingerprints))
+    if not fps:
+        return []
+    return [r.asDict() for r in store.read("rules").where(
+        (F.col("task") == task_name) & F.col("cluster_fingerprint").isin(fps)).collect()]
 
 
 def load_rules(store, rule_ids: Sequence[str]) -> list[dict[str, Any]]:

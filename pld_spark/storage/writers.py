@@ -23,7 +23,9 @@ def frame(spark, spec: TableSpec, rows: Sequence[Mapping[str, Any]]):
 
 
 def write_rules(ctx, rules: Sequence, cluster_run_id: str | None, teacher_model: str | None) -> None:
-    """Insert rules (:class:`pld_spark.prompts.rules.Rule`); first write wins: a rule id is its content."""
+    """Insert rules (:class:`pld_spark.prompts.rules.Rule`); first write wins: a rule id is its content.
+    Only a stored row without a ``cluster_fingerprint`` (written before fingerprints, or after an
+    unanswered teacher call) is rewritten by the same rule with one, so a later run can reuse it."""
     from pld_spark.storage.catalog import RULES
 
     if not rules:
@@ -32,4 +34,5 @@ def write_rules(ctx, rules: Sequence, cluster_run_id: str | None, teacher_model:
     rows = [{**r.row(), "member_micro_ids": list(r.member_micro_ids or []), "task": ctx.cfg.task.name,
              "cluster_run_id": cluster_run_id, "teacher_model": teacher_model, "run_id": ctx.run_id,
              "created_at": now} for r in rules]
-    ctx.store.merge("rules", frame(ctx.spark, RULES, rows), update=False)
+    ctx.store.merge("rules", frame(ctx.spark, RULES, rows), update=True,
+                    update_when="t.cluster_fingerprint IS NULL AND s.cluster_fingerprint IS NOT NULL")

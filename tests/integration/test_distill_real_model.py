@@ -132,6 +132,40 @@ def test_the_run_record_counts_every_stage_including_resolve_student_calls(disti
     assert row.tokens_out >= sum(u["tokens_out"] for u in per_stage.values())
 
 
+def test_champion_gate_and_mlflow_after_the_first_distill(distilled):
+    """The first distill of a task: its distilled prompt (if any) becomes live ("no champion", a
+    promotions row); the real MLflow client (local SQLite store) lists the distill run with its
+    metrics and every prompt version with our aliases."""
+    from mlflow import MlflowClient
+
+    from pld_spark.prompts.versions import PromptVersions
+    from pld_spark.tracking import settings
+
+    store, res = distilled.ctx.store, distilled.out["resolve"]
+    aliases = PromptVersions(store, "stereoset").aliases()
+    rows = store.read("promotions").where(f"run_id = '{distilled.run_id}'").collect()
+    if res["promoted"]:
+        assert res["champion"]["decision"] == "promoted" and res["champion"]["reason"].startswith("no champion")
+        assert [(r.decision, r.challenger_version, r.decided_by) for r in rows] == [
+            ("promoted", res["final_version"], "pld resolve")]
+    else:
+        assert res["champion"]["decision"] is None and rows == []
+
+    s = settings(distilled.ctx.cfg, databricks=False)
+    client = MlflowClient(tracking_uri=s["tracking_uri"], registry_uri=s["registry_uri"])
+    exp = client.get_experiment_by_name(s["experiment"])
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == distilled.run_id)
+    assert run.data.tags["pld.run_id"] == distilled.run_id and run.data.tags["pld.command"] == "distill"
+    assert run.data.metrics["resolve.final_val_macro_f1"] == pytest.approx(res["final_val_macro_f1"])
+    assert run.data.params["config_hash"] == distilled.ctx.cfg.hash
+    registered = {v.tags["pld.prompt_version"]: v.version for v in client.search_prompt_versions(s["prompt_name"])}
+    assert {r.prompt_version for r in store.read("prompts").collect()} <= set(registered)
+    for alias in ("clustered", "resolved", "distilled", "live"):
+        if alias in aliases:  # moved by a later test's manual promotion too: compare at the same moment
+            got = client.get_prompt_version_by_alias(s["prompt_name"], alias)
+            assert got.tags["pld.prompt_version"] == aliases[alias], alias
+
+
 def test_a_second_extract_pays_nothing(distilled, capsys):
     capsys.readouterr()
     assert main(["extract", *_args(distilled.sets)]) == 0

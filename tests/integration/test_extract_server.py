@@ -112,6 +112,24 @@ def test_claims_errors_budget_and_resume_against_a_real_teacher(make_ctx, teache
         assert (again[i].run_id, again[i].created_at) == (r.run_id, r.created_at)
 
 
+def test_max_calls_budget_leaves_the_rest_pending_for_the_next_run(make_ctx, teacher_server):
+    rows = synthetic_examples(1, "train")  # 4 examples
+    ids = sorted(r["example_id"] for r in rows)
+    srv = teacher_server(rows)
+    ctx = _ctx(make_ctx, srv.url, "extract.batch_size=4", "extract.max_calls=0")
+    seed_examples(ctx, rows)
+    out0 = extract.run(ctx)
+    assert srv.sent() == [] and out0["sent"] == 0 and out0["left_pending"] == 4
+
+    out1 = extract.run(_ctx(make_ctx, srv.url, "extract.batch_size=4", "extract.max_calls=2"))
+    assert sorted(set(srv.sent())) == ids[:2] and out1["sent"] == 2 and out1["left_pending"] == 2
+    n = len(srv.log)
+    ctx3 = _ctx(make_ctx, srv.url, "extract.batch_size=4")
+    out3 = extract.run(ctx3)  # no budget: only the two left pending are paid for
+    assert sorted(set(srv.sent(n))) == ids[2:] and out3["already_done"] == 2 and "left_pending" not in out3
+    assert set(_micro(ctx3)) == set(ids)
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

@@ -132,6 +132,11 @@ def test_sample_caps_are_exact_even_when_shares_round_up(make_ctx, tmp_path):
     ingest.run(again)
     assert {r.example_id for r in readers.current_examples(again).collect()} == {
         r.example_id for r in readers.current_examples(ctx).collect()}
+    # re-ingesting the unchanged file into the same lakehouse keeps the same capped sample: the
+    # stored rows keep their split and the rows the caps left out are ranked as before
+    rerun = ingest.run(make_ctx("stereoset.yaml", ["dataset.sample.train=80", "dataset.sample.val=8",
+                                                   "dataset.sample.test=1"]))
+    assert rerun["new_examples"] == 0 and _per_split_label(ctx) == per
 
 
 LABELS_MISSPELT = ("task.labels=[{name: gender}, {name: profession}, {name: race}, {name: religon}]")
