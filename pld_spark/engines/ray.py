@@ -5,10 +5,14 @@ connects to what is there, or starts what is needed, and stops only what it star
 
 - already connected (``ray.is_initialized()``): used as is, left running;
 - ``score.ray.setup_on_spark`` (Databricks): ``ray.util.spark.setup_ray_cluster`` starts Ray
-  on the Spark cluster's workers; shut down at exit;
+  on the Spark cluster's workers; shut down at exit. It needs a classic session (it calls
+  ``sparkContext``): under Spark Connect (``spark.remote``, serverless, standard access mode)
+  :func:`check_spark_session` refuses it with a :class:`ConfigError` before anything runs;
 - ``score.ray.address`` (or ``RAY_ADDRESS``): connect, and disconnect at exit;
 - otherwise a local Ray with ``num_cpus`` logical CPUs, no dashboard, worker logs kept out of
-  the driver's output; shut down at exit.
+  the driver's output; shut down at exit. It does not use Spark at all, so it also works under
+  Spark Connect, as long as the Parquet handoff folder (``score.handoff_dir``) is a path both the
+  Spark server and this process can read.
 
 :func:`map_parquet_with_actors` reads a Parquet folder with Ray Data, runs a callable class
 in a fixed pool of actors (``map_batches``; the class's ``__init__`` builds the model once
@@ -23,7 +27,34 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from pld_spark.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+#: what to do instead of Ray on Spark when the session is Spark Connect
+CONNECT_ALTERNATIVES = (
+    "set score.ray.setup_on_spark=false to run a local Ray in this process (it needs no Spark; set "
+    "score.handoff_dir to storage the Spark server can also reach), or score.ray.address=<ray://host:10001> for a "
+    "Ray cluster started elsewhere, or score.engine=local (and evaluate.engine=local) to score in-process; Ray on "
+    "Spark itself needs a classic cluster (Databricks: dedicated access mode, not serverless or standard)")
+
+
+def check_spark_session(ray_cfg, spark) -> None:
+    """Refuse ``score.ray.setup_on_spark`` on a Spark Connect session, early and by name.
+
+    ``ray.util.spark.setup_ray_cluster`` starts Ray's nodes as a Spark job through
+    ``spark.sparkContext`` (barrier RDD, job groups), which a Connect client does not have: it
+    would fail deep inside Ray with ``JVM_ATTRIBUTE_NOT_SUPPORTED``. Raises :class:`ConfigError`
+    naming the setting and the alternatives; a no-op otherwise (and for ``spark=None``)."""
+    if spark is None or not ray_cfg.setup_on_spark:
+        return
+    from pld_spark.engines.spark import is_remote
+
+    if is_remote(spark):
+        raise ConfigError(
+            "score.ray.setup_on_spark=true cannot run under Spark Connect (spark.remote, Databricks serverless or "
+            "standard access mode): ray.util.spark.setup_ray_cluster needs sparkContext, which a Connect session "
+            f"does not have. Instead: {CONNECT_ALTERNATIVES}.")
 
 
 def local_num_cpus(ray_cfg) -> int:
@@ -33,10 +64,12 @@ def local_num_cpus(ray_cfg) -> int:
 
 
 @contextmanager
-def ray_runtime(ray_cfg) -> Iterator[dict[str, Any]]:
+def ray_runtime(ray_cfg, spark=None) -> Iterator[dict[str, Any]]:
     """Make a Ray runtime available for the ``with`` block; see the module docstring.
 
+    ``spark``: the run's session, checked with :func:`check_spark_session` before Ray is touched.
     Yields ``{"mode": "existing" | "spark" | "address" | "local", "started": bool}``."""
+    check_spark_session(ray_cfg, spark)
     import ray
 
     if ray.is_initialized():

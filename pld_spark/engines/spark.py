@@ -239,8 +239,9 @@ def remote_session(spark_cfg):
 
 
 def get_spark(spark_cfg, with_nlp: bool = False, warehouse_dir: str | None = None):
-    """A Spark Connect session when ``spark.remote`` is set; else the active session (Databricks),
-    else a new local one with Delta (and Spark NLP if asked)."""
+    """A Spark Connect session when ``spark.remote`` is set; else the active session, or on
+    Databricks the runtime's own (``builder.getOrCreate()``: classic or Connect), else a new local
+    one with Delta (and Spark NLP if asked)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -250,6 +251,10 @@ def get_spark(spark_cfg, with_nlp: bool = False, warehouse_dir: str | None = Non
     if spark_cfg.remote:
         return remote_session(spark_cfg)
     active = SparkSession.getActiveSession()
+    if active is None and on_databricks():
+        # a wheel task on Databricks gets its session from the runtime's builder: classic on a job
+        # cluster, Spark Connect on serverless or standard access mode (no local JVM, no Maven)
+        return SparkSession.builder.getOrCreate()
     if active is None:
         try:
             import delta  # noqa: F401 - a local session needs the delta-spark package

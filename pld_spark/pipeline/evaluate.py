@@ -226,6 +226,10 @@ def run(ctx, prompt_version: str | None = None) -> dict[str, Any]:
     from pld_spark.validation import PromptJudge
 
     cfg, t0 = ctx.cfg, time.perf_counter()
+    if cfg.evaluate.engine == "ray":  # Ray on Spark under Spark Connect: refused before any work
+        from pld_spark.engines.ray import check_spark_session
+
+        check_spark_session(cfg.score.ray, ctx.spark)
     versions = PromptVersions(ctx.store, cfg.task.name)
     pld = resolve_pld(versions, prompt_version)  # an unknown --prompt-version fails before anything is loaded
     test = _split(ctx, "test", F.col("example_id").alias("doc_id"), "input_text", F.col("label").alias("gold"))
@@ -246,7 +250,7 @@ def run(ctx, prompt_version: str | None = None) -> dict[str, Any]:
         if cfg.evaluate.engine == "ray" and any(c.name != "cot" for c in conds):
             from pld_spark.engines.ray import ray_runtime
 
-            stack.enter_context(ray_runtime(cfg.score.ray))
+            stack.enter_context(ray_runtime(cfg.score.ray, ctx.spark))
         for cond in (c for c in conds if c.name not in reuse_plan(conds)):
             t1, (cal, val_f1) = time.perf_counter(), cals[cond.name]
             pdf, engine = _score_condition(ctx, cond, test, cfg.evaluate.engine, client, cal)

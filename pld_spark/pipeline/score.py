@@ -144,6 +144,10 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
 
     cfg = ctx.cfg
     t0 = time.perf_counter()
+    if cfg.score.engine == "ray":  # Ray on Spark under Spark Connect: refused before any work
+        from pld_spark.engines.ray import check_spark_session
+
+        check_spark_session(cfg.score.ray, ctx.spark)
     versions = PromptVersions(ctx.store, cfg.task.name)
     prompt = versions.resolve(prompt_version)
     calibration = cfg.student.calibration
@@ -187,7 +191,7 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
     if n_todo and engine == "ray":
         from pld_spark.engines.ray import ray_runtime
 
-        with ray_runtime(cfg.score.ray) as rt:
+        with ray_runtime(cfg.score.ray, ctx.spark) as rt:
             counts["ray_mode"] = rt["mode"]
             for i, (chunk, n) in enumerate(_chunks(todo, n_todo, cfg.score.chunk_rows)):
                 n = n if n is not None else chunk.count()

@@ -30,18 +30,31 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
-def _venv_with_runtime_pyspark(root: Path, version: str) -> Path:
+def _venv_with_runtime(root: Path, dists: dict[str, str]) -> Path:
+    """A fresh venv holding ``dists`` (name -> version) as installed distributions (dist-info only)."""
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
     py = root / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    info = Path(purelib) / f"pyspark-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pyspark\nVersion: {version}\n"
-                                   "Summary: Apache Spark Python API (as a Databricks runtime provides it)\n")
-    (info / "INSTALLER").write_text("databricks-runtime\n")
-    (info / "RECORD").write_text("")
+    for name, version in dists.items():
+        info = Path(purelib) / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                       "Summary: as a Databricks runtime provides it\n")
+        (info / "INSTALLER").write_text("databricks-runtime\n")
+        (info / "RECORD").write_text("")
     return py
+
+
+def _venv_with_runtime_pyspark(root: Path, version: str) -> Path:
+    return _venv_with_runtime(root, {"pyspark": version})
+
+
+def _dry_run(py: Path, wheel: Path, report: Path) -> dict[str, str]:
+    out = subprocess.run([str(py), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+                          str(wheel)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _installs(report)
 
 
 def _installs(report: Path) -> dict[str, str]:
@@ -62,3 +75,39 @@ def test_installing_the_wheel_keeps_the_runtimes_pyspark(wheel, tmp_path, pyspar
     assert "pyspark" not in installs, f"pip would replace the runtime's pyspark {pyspark_version}: {installs['pyspark']}"
     assert "delta-spark" not in installs
     assert "ray" in installs  # the required dependencies do resolve on top of the runtime
+
+
+# ------------------------------------------------------------------ the bundle's runtimes
+#: What each compute of databricks.yml provides of Spark, as pip sees it: the runtime's PySpark on a
+#: job cluster (DBR 15.4 LTS: Spark 3.5.0, 16.4 LTS: 3.5.2, 17.3 LTS: 4.0.0), Databricks Connect on
+#: serverless (environment 4: databricks-connect 17, whose `pyspark` module is not a `pyspark` dist).
+RUNTIME_DISTS = {
+    "15.4.x-scala2.12": {"pyspark": "3.5.0"},
+    "16.4.x-scala2.12": {"pyspark": "3.5.2"},
+    "17.3.x-scala2.13": {"pyspark": "4.0.0"},
+    "17.3.x-gpu-ml-scala2.13": {"pyspark": "4.0.0"},
+    "serverless-environment-4": {"databricks-connect": "17.0.1"},
+}
+
+
+def bundle_runtimes() -> list[str]:
+    """Every job cluster's spark_version and serverless environment of the wheel's tasks in databricks.yml."""
+    import yaml
+
+    jobs = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))["resources"]["jobs"]
+    out = {c["new_cluster"]["spark_version"] for j in jobs.values() for c in j.get("job_clusters") or []}
+    out |= {f"serverless-environment-{e['spec']['environment_version']}" for j in jobs.values()
+            for e in j.get("environments") or [] if "./dist/*.whl" in e["spec"].get("dependencies", [])}
+    return sorted(out)
+
+
+@pytest.mark.parametrize("runtime", bundle_runtimes())
+def test_the_wheel_resolves_on_every_runtime_of_the_bundle(wheel, tmp_path, runtime):
+    """The wheel, as the bundle installs it on each of its computes, resolves on top of that
+    compute's pinned Spark distribution and leaves it in place."""
+    assert runtime in RUNTIME_DISTS, f"databricks.yml uses {runtime}: add what it provides to RUNTIME_DISTS"
+    dists = RUNTIME_DISTS[runtime]
+    installs = _dry_run(_venv_with_runtime(tmp_path / "venv", dists), wheel, tmp_path / "report.json")
+    assert "pld-spark" in installs and "ray" in installs
+    for name in (*dists, "pyspark", "delta-spark", "databricks-connect"):
+        assert name not in installs, f"{runtime}: pip would install {name} {installs.get(name)} next to the runtime's"

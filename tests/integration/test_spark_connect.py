@@ -69,16 +69,26 @@ def connect_server(tmp_path_factory):
     proc.wait(30)
 
 
-def test_pld_run_end_to_end_through_spark_connect(connect_server, tmp_path):
-    lake = tmp_path / "lakehouse"
-    sets = [f"spark.remote={connect_server}", f"lakehouse.path={lake}", f"evaluate.report_dir={tmp_path / 'reports'}",
-            "dataset.sample.train=12", "dataset.sample.val=12", "dataset.sample.test=16",
-            "teacher.n_threads=1", "student.n_threads=1", "resolve.max_rounds=1", "resolve.train_sample=8",
-            'evaluate.conditions=["zero_shot","pld_cluster","pld_resolved"]']
-    cmd = [sys.executable, "-m", "pld_spark.cli", "run", "--config", "conf/stereoset.yaml"]
-    for s in sets:
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Path:
+    """One lakehouse for the module: the scoring test scores with the prompts the run distilled."""
+    return tmp_path_factory.mktemp("connect_lake") / "lakehouse"
+
+
+SAMPLE = ["dataset.sample.train=12", "dataset.sample.val=12", "dataset.sample.test=16"]
+
+
+def _pld(command: str, server: str, lake: Path, *sets: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pld_spark.cli", command, "--config", "conf/stereoset.yaml"]
+    for s in (f"spark.remote={server}", f"lakehouse.path={lake}", *SAMPLE, "teacher.n_threads=1",
+              "student.n_threads=1", *sets):
         cmd += ["--set", s]
-    out = subprocess.run(cmd, cwd=REPO, env=pld_env(), capture_output=True, text=True, timeout=1800)
+    return subprocess.run(cmd, cwd=REPO, env=pld_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_pld_run_end_to_end_through_spark_connect(connect_server, lake, tmp_path):
+    out = _pld("run", connect_server, lake, f"evaluate.report_dir={tmp_path / 'reports'}", "resolve.max_rounds=1",
+               "resolve.train_sample=8", 'evaluate.conditions=["zero_shot","pld_cluster","pld_resolved"]')
     assert out.returncode == 0, out.stderr[-4000:]
     assert "pld_cluster" in out.stdout and "report:" in out.stdout
     # the client never started a JVM of its own: no Ivy resolution, no local Spark start in its output
@@ -99,5 +109,37 @@ def test_pld_run_end_to_end_through_spark_connect(connect_server, tmp_path):
         assert runs and "extract" in json.loads(runs[-1].counts)
         aliases = {r.alias for r in spark.sql(f"SELECT alias FROM delta.`{lake / 'prompt_aliases'}`").collect()}
         assert {"clustered", "selected", "resolved"} <= aliases
+    finally:
+        spark.stop()
+
+
+def test_bulk_scoring_on_local_ray_through_spark_connect(connect_server, lake):
+    """Ray's local mode needs no Spark: `pld score` with score.engine=ray runs under Connect (the server
+    writes the Parquet handoff, the client's Ray actors score it, the server MERGEs the results).
+    Ray on Spark (setup_ray_cluster needs sparkContext) is refused up front, naming the setting.
+    Scores the test split with the prompts of the end-to-end run above (same module lakehouse)."""
+    refused = _pld("score", connect_server, lake, "score.engine=ray", "score.ray.setup_on_spark=true", timeout=600)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "score.ray.setup_on_spark=true cannot run under Spark Connect" in refused.stderr
+    assert "Traceback" not in refused.stderr  # one clear error line, not a stack from inside Ray
+
+    out = _pld("score", connect_server, lake, "score.engine=ray", "score.ray.num_actors=1",
+               "score.ray.batch_size=8")
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout[out.stdout.index("{"):])["score"]
+    assert result["ray_mode"] == "local" and result["scored"] == 16
+
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(connect_server).getOrCreate()
+    try:
+        rows = spark.sql(f"SELECT label, error FROM delta.`{lake / 'predictions'}` WHERE condition = 'score'").collect()
+        assert len(rows) == 16
+        assert sum(r.error is None for r in rows) >= 12
+        assert {r.label for r in rows if r.error is None} <= {"gender", "profession", "race", "religion"}
+        # the refused command failed before its first runs row: no 'failed' score run
+        statuses = [r.status for r in spark.sql(f"SELECT status FROM delta.`{lake / 'runs'}` WHERE command = 'score'")
+                    .collect()]
+        assert "failed" not in statuses and "succeeded" in statuses
     finally:
         spark.stop()

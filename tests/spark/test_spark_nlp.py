@@ -29,6 +29,16 @@ def _norm(s: str) -> str:
     return " ".join(s.split())
 
 
+def _ends(sentences: list[str]) -> set[int]:
+    """Where each sentence ends, as an offset into the text with all whitespace removed (so the two
+    splitters' different trimming and line handling do not matter, only the split points)."""
+    out, pos = set(), 0
+    for s in sentences:
+        pos += len("".join(s.split()))
+        out.add(pos)
+    return out
+
+
 def test_spark_nlp_sentences_agree_with_the_default_splitter(spark):
     from pld_spark.data.input_policy import sentencex_sentences
     from pld_spark.pipeline.ingest import split_sentences_spark_nlp
@@ -40,13 +50,17 @@ def test_spark_nlp_sentences_agree_with_the_default_splitter(spark):
     for i, text in enumerate(texts):
         nlp = [_norm(s) for s in got[f"d{i}"] if s.strip()]
         ref = [_norm(s) for s in sentencex_sentences(text) if s.strip()]
-        assert len(nlp) > 20 and len(ref) > 20  # real contracts: many sentences each
+        assert len(nlp) > 20 and len(ref) >= 10  # real contracts: many sentences each (sentencex: 14-41 here)
         # nothing is lost: the sentences cover the contract's words
         assert sum(len(s) for s in nlp) >= 0.8 * len(_norm(text).replace(" ", "")) - len(nlp)
-        # the two rule-based splitters mostly agree on where sentences end
-        agree = len(set(nlp) & set(ref)) / max(len(set(nlp) | set(ref)), 1)
-        assert 0.3 <= agree <= 1.0, f"contract {i}: only {agree:.0%} of sentences shared"
-        assert 0.5 <= len(nlp) / len(ref) <= 2.0
+        # the two rule-based splitters agree on where sentences end: SentenceDetector splits finer
+        # (measured: 3-4x the sentences of sentencex, which keeps a numbered clause's sentences
+        # together), and ends a sentence at almost every place sentencex does (measured 86-100%)
+        nlp_ends, ref_ends = _ends(nlp), _ends(ref)
+        assert max(nlp_ends) == max(ref_ends) == len(_norm(text).replace(" ", "")), f"contract {i}: text lost"
+        found = len(nlp_ends & ref_ends) / len(ref_ends)
+        assert found >= 0.8, f"contract {i}: Spark NLP ends only {found:.0%} of the sentences where sentencex does"
+        assert len(ref) <= len(nlp) <= 6 * len(ref)
 
 
 def test_ingest_with_the_spark_nlp_splitter_retrieves_passages(make_ctx):

@@ -83,3 +83,82 @@ def test_default_worker_nodes_is_all_of_the_cluster(calls):
     with ray_engine.ray_runtime(RayConfig(setup_on_spark=True)):
         pass
     assert log[0][1] == {"max_worker_nodes": MAX_NUM_WORKER_NODES}
+
+
+# --------------------------------------------------------------- Ray on Spark under Spark Connect
+# A Connect client has no sparkContext, which ray.util.spark.setup_ray_cluster needs. The sessions
+# below are real PySpark session classes, uninitialised (no server, no JVM): `is_remote` decides
+# by the session's class, exactly as it does for a live session.
+@pytest.fixture
+def connect_session():
+    connect = pytest.importorskip("pyspark.sql.connect.session")
+    return object.__new__(connect.SparkSession)
+
+
+@pytest.fixture
+def classic_session():
+    from pyspark.sql import SparkSession
+
+    return object.__new__(SparkSession)
+
+
+class _Untouchable:
+    """A store that fails the test on any use: the check must come before the run touches Delta."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the store was used ({name}) before the Ray on Spark check")
+
+
+def test_ray_on_spark_under_connect_is_a_config_error_before_ray_starts(calls, connect_session):
+    from pld_spark.errors import ConfigError
+
+    log, _ = calls
+    with pytest.raises(ConfigError) as e:
+        with ray_engine.ray_runtime(RayConfig(setup_on_spark=True), connect_session):
+            pass
+    msg = str(e.value)
+    # names the setting, why, and each way out
+    assert "score.ray.setup_on_spark" in msg and "sparkContext" in msg
+    assert "setup_on_spark=false" in msg and "score.ray.address" in msg and "score.engine=local" in msg
+    assert log == []  # neither setup_ray_cluster nor ray.init was called
+
+
+def test_local_ray_and_classic_ray_on_spark_are_allowed(calls, connect_session, classic_session):
+    log, _ = calls
+    # local Ray needs no Spark: allowed under Connect
+    with ray_engine.ray_runtime(RayConfig(), connect_session) as rt:
+        assert rt["mode"] == "local"
+    # a classic session keeps Ray on Spark
+    with ray_engine.ray_runtime(RayConfig(setup_on_spark=True), classic_session) as rt:
+        assert rt["mode"] == "spark"
+    assert [c[0] for c in log] == ["init", "shutdown", "setup_ray_cluster", "init", "shutdown", "shutdown_ray_cluster"]
+
+
+def _ctx(*sets):
+    from pld_spark.config import load_config
+    from pld_spark.context import RunContext
+
+    cfg = load_config("conf/stereoset.yaml", ["score.ray.setup_on_spark=true", *sets])
+    ctx = RunContext(cfg, "run")
+    ctx.heartbeat_s = None
+    return ctx
+
+
+def test_run_fails_at_start_under_connect_with_ray_on_spark(connect_session, classic_session):
+    from pld_spark.errors import ConfigError
+
+    ctx = _ctx().replace(spark=connect_session, store=_Untouchable())
+    with pytest.raises(ConfigError, match=r"score\.ray\.setup_on_spark=true cannot run under Spark Connect"):
+        ctx.start()  # before the run's first row: the store is never touched
+    # Ray not used at all (both engines local): the setting is moot, nothing to refuse
+    _ctx("score.engine=local", "evaluate.engine=local").replace(spark=connect_session).check_compute()
+    _ctx().replace(spark=classic_session).check_compute()
+
+
+def test_score_stage_refuses_ray_on_spark_under_connect_before_reading(connect_session):
+    from pld_spark.errors import ConfigError
+    from pld_spark.pipeline import score
+
+    ctx = _ctx("score.engine=ray").replace(spark=connect_session, store=_Untouchable())
+    with pytest.raises(ConfigError, match=r"score\.ray\.setup_on_spark"):
+        score.run(ctx)
