@@ -68,7 +68,7 @@ test-vllm:
 # Spark NLP sentence-splitter test. .ci/run runs it after `make test`.
 test-spark35:
 	@venv=$$(scripts/spark35_env.sh | tail -1) && \
-	PLD_TEST_SPARK_NLP=1 $$venv/bin/python -m pytest tests/spark -p no:cacheprovider $(PYTEST_ARGS)
+	PLD_TEST_SPARK_NLP=1 $$venv/bin/python -m pytest tests/spark -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf lakehouse reports spark-warehouse metastore_db derby.log .pytest_cache

@@ -5,7 +5,8 @@
 #
 #   PySpark 3.5.x + delta-spark 3.3.2 (jar io.delta:delta-spark_2.12:3.3.2) + spark-nlp 5.5.3
 #
-# llama-cpp-python is not installed: the Spark tier runs no model.
+# llama-cpp-python is not installed: the Spark tier runs no model. MLflow is (the LTS runtimes
+# carry it), so the MLflow tests run on this leg too; pytest-xdist runs it on two workers.
 set -euo pipefail
 PY=${PY:-python3.11}
 VENV=${VENV:-.venv-spark35}
@@ -18,7 +19,7 @@ fi
 if [ ! -f "$STAMP" ] || [ setup.py -nt "$STAMP" ] || [ "$0" -nt "$STAMP" ]; then
     echo "installing pld_spark on PySpark $PYSPARK + delta-spark 3.3.2 + spark-nlp 5.5.3 into $VENV" >&2
     "$VENV/bin/pip" install -q -e . "pyspark==$PYSPARK" "delta-spark==3.3.2" "spark-nlp==5.5.3" \
-        "pytest>=8" "pytest-timeout>=2.3"
+        "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist>=3.6" "mlflow>=3.0"
     # resolve the Maven jars (Delta and Spark NLP) once, with retries
     "$VENV/bin/pld" setup --nlp --config conf/stereoset.yaml
     touch "$STAMP"
