@@ -73,8 +73,8 @@ def test_every_job_wrote_its_tables(spark, small_run):
                   "evaluations", "predictions", "runs"):
         assert store.read(table).count() > 0, table
     statuses = {r.command: r.status for r in store.sql("SELECT command, status FROM run_status").collect()}
-    assert statuses == {c: "succeeded" for c in ("ingest", "extract", "cluster", "consolidate", "resolve", "evaluate",
-                                                 "score")}
+    assert statuses == {c: "succeeded" for c in ("ingest", "extract", "cluster", "consolidate", "select", "resolve",
+                                                 "evaluate", "score")}
 
 
 def test_readme_queries_return_rows(spark, small_run):
