@@ -66,33 +66,43 @@ class _HostSlot:
     def __init__(self) -> None:
         self._fh = None
         self._pid = None
+        self._path: Path | None = None
         self._lock = threading.Lock()
 
     def take(self) -> None:
         import fcntl
 
+        # after a fork the child has its own pid: it needs its own slot; a process whose registry
+        # folder changed (REGISTRY_ENV set later) moves its slot there
+        path = registry_dir() / f"{os.getpid()}.lock"
         with self._lock:
             if self._fh is not None and self._pid == os.getpid():
-                return
-            # after a fork the child has its own pid: it needs its own slot
-            path = registry_dir() / f"{os.getpid()}.lock"
+                if self._path == path:
+                    return
+                self._drop()
             fh = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fh, self._pid = fh, os.getpid()
+            self._fh, self._pid, self._path = fh, os.getpid(), path
+
+    def holds(self, path: Path) -> bool:
+        return self._fh is not None and self._pid == os.getpid() and self._path == path
 
     def release(self) -> None:
-        import fcntl
-
         with self._lock:
             if self._fh is None or self._pid != os.getpid():
                 return
-            try:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-                self._fh.close()
-                os.unlink(self._fh.name)
-            except OSError:
-                pass
-            self._fh = None
+            self._drop()
+
+    def _drop(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            os.unlink(self._fh.name)
+        except OSError:
+            pass
+        self._fh = self._path = None
 
 
 _SLOT = _HostSlot()
@@ -122,7 +132,7 @@ def live_model_processes() -> int:
     except OSError:
         return 1
     for path in entries:
-        if _SLOT._fh is not None and _SLOT._pid == os.getpid() and path.name == f"{os.getpid()}.lock":
+        if _SLOT.holds(path):
             n += 1
             continue
         try:

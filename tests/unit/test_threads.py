@@ -65,6 +65,19 @@ def test_host_share_divides_cores_by_live_model_processes(registry, monkeypatch)
     assert threads.live_model_processes() == 1
 
 
+def test_a_process_registered_elsewhere_moves_its_slot_to_the_current_registry(tmp_path, registry, monkeypatch):
+    """A test worker that loaded a model under the default registry, then counts in a fresh one."""
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(tmp_path / "first"))
+    threads.register_model_process()
+    assert len(list((tmp_path / "first").glob("*.lock"))) == 1
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(registry))
+    assert threads.live_model_processes() == 1  # max(1, 0): nobody registered here yet
+    assert not list(registry.glob("*.lock"))
+    threads.register_model_process()
+    assert [p.name for p in registry.glob("*.lock")] == [f"{os.getpid()}.lock"]
+    assert not list((tmp_path / "first").glob("*.lock"))  # the old slot was released
+
+
 def test_budget_precedence(registry, monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     assert threads.thread_budget(3) == threads.ThreadBudget(3, "config")
