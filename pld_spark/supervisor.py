@@ -18,6 +18,7 @@ fix (:mod:`pld_spark.engines.crash`), and exits with ``128 + signal``.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -123,7 +124,20 @@ def supervise(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) 
     return rc if rc >= 0 else 128 - rc
 
 
-def _child_main(conn, fn, args, kwargs) -> None:
+def _parent_logging() -> tuple[int, int, str | None]:
+    """How the parent logs (pld_spark's level, the root level, the root handler's format), so a spawned
+    child prints the same INFO lines (a spawned process starts with logging unconfigured)."""
+    root = logging.getLogger()
+    fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
+    return logging.getLogger("pld_spark").getEffectiveLevel(), root.level, fmt
+
+
+def _child_main(conn, fn, args, kwargs, log_setup=None) -> None:
+    if log_setup is not None:
+        level, root_level, fmt = log_setup
+        if fmt is not None:
+            logging.basicConfig(level=root_level, format=fmt)
+        logging.getLogger("pld_spark").setLevel(level)
     try:
         conn.send(("ok", fn(*args, **kwargs)))
     except BaseException as e:  # noqa: BLE001 - shipped to the parent, which re-raises it
@@ -145,7 +159,7 @@ def run_in_child(fn: Callable[..., Any], *args: Any, what: str = "the model", **
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs, _parent_logging()), daemon=True)
     proc.start()
     child.close()
     result = None
