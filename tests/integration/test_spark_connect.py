@@ -78,6 +78,26 @@ def lake(tmp_path_factory) -> Path:
 SAMPLE = ["dataset.sample.train=12", "dataset.sample.val=12", "dataset.sample.test=16"]
 
 
+READ = r'''
+import json, sys
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+out = [[r.asDict() for r in spark.sql(q).collect()] for q in json.loads(sys.argv[2])]
+spark.stop()
+print(json.dumps(out, default=str))
+'''
+
+
+def _read(server: str, *queries: str) -> list[list[dict]]:
+    """Rows of each query, read through a Connect session in a process of its own: a test process that
+    already holds a classic SparkSession (another module on the same xdist worker) cannot open a
+    remote one (SESSION_ALREADY_EXIST)."""
+    out = subprocess.run([sys.executable, "-c", READ, server, json.dumps(queries)], cwd=REPO, env=pld_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _pld(command: str, server: str, lake: Path, *sets: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pld_spark.cli", command, "--config", "conf/stereoset.yaml"]
     for s in (f"spark.remote={server}", f"lakehouse.path={lake}", *SAMPLE, "teacher.n_threads=1",
@@ -94,23 +114,19 @@ def test_pld_run_end_to_end_through_spark_connect(connect_server, lake, tmp_path
     # the client never started a JVM of its own: no Ivy resolution, no local Spark start in its output
     assert "ivy" not in out.stderr.lower() and "SparkContext" not in out.stderr
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.remote(connect_server).getOrCreate()
-    try:
-        def count(table: str) -> int:
-            return spark.sql(f"SELECT count(*) AS n FROM delta.`{lake / table}`").first().n
-
-        assert count("examples") == 40
-        assert count("micro_instructions") == 12  # one teacher call per train row, on the server's workers
-        assert count("rules") >= 1 and count("prompts") >= 2
-        assert count("evaluations") >= 2
-        runs = spark.sql(f"SELECT status, counts FROM delta.`{lake / 'runs'}` WHERE status = 'succeeded'").collect()
-        assert runs and "extract" in json.loads(runs[-1].counts)
-        aliases = {r.alias for r in spark.sql(f"SELECT alias FROM delta.`{lake / 'prompt_aliases'}`").collect()}
-        assert {"clustered", "selected", "resolved"} <= aliases
-    finally:
-        spark.stop()
+    tables = ["examples", "micro_instructions", "rules", "prompts", "evaluations"]
+    counts_, runs, aliases = _read(
+        connect_server,
+        " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM delta.`{lake / t}`" for t in tables),
+        f"SELECT status, counts FROM delta.`{lake / 'runs'}` WHERE status = 'succeeded'",
+        f"SELECT alias FROM delta.`{lake / 'prompt_aliases'}`")
+    count = {r["t"]: r["n"] for r in counts_}
+    assert count["examples"] == 40
+    assert count["micro_instructions"] == 12  # one teacher call per train row, on the server's workers
+    assert count["rules"] >= 1 and count["prompts"] >= 2
+    assert count["evaluations"] >= 2
+    assert runs and "extract" in json.loads(runs[-1]["counts"])
+    assert {"clustered", "selected", "resolved"} <= {r["alias"] for r in aliases}
 
 
 def test_bulk_scoring_on_local_ray_through_spark_connect(connect_server, lake):
@@ -129,17 +145,12 @@ def test_bulk_scoring_on_local_ray_through_spark_connect(connect_server, lake):
     result = json.loads(out.stdout[out.stdout.index("{"):])["score"]
     assert result["ray_mode"] == "local" and result["scored"] == 16
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.remote(connect_server).getOrCreate()
-    try:
-        rows = spark.sql(f"SELECT label, error FROM delta.`{lake / 'predictions'}` WHERE condition = 'score'").collect()
-        assert len(rows) == 16
-        assert sum(r.error is None for r in rows) >= 12
-        assert {r.label for r in rows if r.error is None} <= {"gender", "profession", "race", "religion"}
-        # the refused command failed before its first runs row: no 'failed' score run
-        statuses = [r.status for r in spark.sql(f"SELECT status FROM delta.`{lake / 'runs'}` WHERE command = 'score'")
-                    .collect()]
-        assert "failed" not in statuses and "succeeded" in statuses
-    finally:
-        spark.stop()
+    rows, runs = _read(connect_server,
+                       f"SELECT label, error FROM delta.`{lake / 'predictions'}` WHERE condition = 'score'",
+                       f"SELECT status FROM delta.`{lake / 'runs'}` WHERE command = 'score'")
+    assert len(rows) == 16
+    assert sum(r["error"] is None for r in rows) >= 12
+    assert {r["label"] for r in rows if r["error"] is None} <= {"gender", "profession", "race", "religion"}
+    # the refused command failed before its first runs row: no 'failed' score run
+    statuses = [r["status"] for r in runs]
+    assert "failed" not in statuses and "succeeded" in statuses
