@@ -99,7 +99,8 @@ def test_classify_100_varied_inputs_labels_always_in_set(student):
 
 
 def test_prefix_reuse_gives_same_scores_and_is_reported():
-    c = build_client(LLMConfig(type="llamacpp", n_threads=THREADS, max_tokens=8), role="student")
+    # cache off: the second pass must score again, not return the first pass's cached scores
+    c = build_client(LLMConfig(type="llamacpp", n_threads=THREADS, max_tokens=8, cache=False), role="student")
     xs = ["The nurse was kind.", "The Muslim man prayed.", "My mother cooks.", "Ethiopians are fast runners."]
     c.prefix_reuse = True
     t0 = time.perf_counter()
@@ -110,7 +111,7 @@ def test_prefix_reuse_gives_same_scores_and_is_reported():
     without = c.classify(SYSTEM, xs, LABELS, calibration="none")
     t_plain = time.perf_counter() - t0
     assert all(r.prefix_reused_tokens > 0 for r in with_reuse[1:])
-    assert all(r.prefix_reused_tokens == 0 for r in without)
+    assert all(r.prefix_reused_tokens == 0 and not r.cached for r in without)
     for a, b in zip(with_reuse, without):
         assert a.label == b.label
         for lab in LABELS:
