@@ -85,7 +85,12 @@ def runs(spark, tmp_path_factory):
     ctx2, ing2 = _run(spark, sets, ("ingest",), "ingest")
     examples2 = {r.example_id: r for r in ctx2.store.read("examples").collect()}
     ctx2, c2 = _run(spark, sets, distill, "distill")
-    return dict(ctx1=ctx1, c1=c1, ing1=ing1, splits1=splits1, ctx2=ctx2, c2=c2, ing2=ing2, examples2=examples2,
+    from pld_spark.pipeline.ingest import assign_splits
+
+    grown = spark.createDataFrame([(r["ticket_id"], r["team"], None) for r in first + extra],
+                                  "example_id STRING, label STRING, split STRING")
+    fresh_splits = {r.example_id: r.split for r in assign_splits(grown, ctx2.cfg.dataset.split).collect()}
+    return dict(fresh_splits=fresh_splits, ctx1=ctx1, c1=c1, ing1=ing1, splits1=splits1, ctx2=ctx2, c2=c2, ing2=ing2, examples2=examples2,
                 new_ids={r["ticket_id"] for r in extra})
 
 
@@ -94,8 +99,10 @@ def test_appended_rows_are_ingested_and_the_stored_rows_keep_their_split(runs):
     assert runs["ing2"]["ingest"]["new_examples"] == 3 and runs["ing2"]["ingest"]["examples"] == 12
     ex2 = runs["examples2"]
     assert {i: ex2[i].split for i in runs["splits1"]} == runs["splits1"]
-    new_train = [i for i in runs["new_ids"] if ex2[i].split == "train"]
-    assert len(new_train) == 2  # the 3 new rows are split among themselves (0.6 / 0.2 / 0.2)
+    # a new row gets the split its rank over *all* rows of its label gives (what a first ingest of the
+    # grown file would give it), so the capped samples of an unchanged file never move
+    assert {i: ex2[i].split for i in runs["new_ids"]} == {i: runs["fresh_splits"][i] for i in runs["new_ids"]}
+    assert any(ex2[i].split == "train" for i in runs["new_ids"])  # the later tests need a grown train split
 
 
 def test_the_second_distill_pays_the_teacher_only_for_new_rows_and_changed_clusters(runs):
