@@ -46,10 +46,6 @@ def _venv_with_runtime(root: Path, dists: dict[str, str]) -> Path:
     return py
 
 
-def _venv_with_runtime_pyspark(root: Path, version: str) -> Path:
-    return _venv_with_runtime(root, {"pyspark": version})
-
-
 def _dry_run(py: Path, wheel: Path, report: Path) -> dict[str, str]:
     out = subprocess.run([str(py), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
                           str(wheel)], capture_output=True, text=True, timeout=900)
@@ -61,20 +57,6 @@ def _installs(report: Path) -> dict[str, str]:
     """name (normalised: lower case, '-') -> version of what pip's report would install."""
     return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
             for i in json.loads(report.read_text())["install"]}
-
-
-@pytest.mark.parametrize("pyspark_version", ["4.0.1", "3.5.6"])
-def test_installing_the_wheel_keeps_the_runtimes_pyspark(wheel, tmp_path, pyspark_version):
-    py = _venv_with_runtime_pyspark(tmp_path / "venv", pyspark_version)
-    report = tmp_path / "report.json"
-    out = subprocess.run([str(py), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
-                          str(wheel)], capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    installs = _installs(report)
-    assert "pld-spark" in installs
-    assert "pyspark" not in installs, f"pip would replace the runtime's pyspark {pyspark_version}: {installs['pyspark']}"
-    assert "delta-spark" not in installs
-    assert "ray" in installs  # the required dependencies do resolve on top of the runtime
 
 
 # ------------------------------------------------------------------ the bundle's runtimes
@@ -99,6 +81,14 @@ def bundle_runtimes() -> list[str]:
     out |= {f"serverless-environment-{e['spec']['environment_version']}" for j in jobs.values()
             for e in j.get("environments") or [] if "./dist/*.whl" in e["spec"].get("dependencies", [])}
     return sorted(out)
+
+
+def test_the_bundle_covers_a_spark_3_5_and_a_spark_4_0_runtime():
+    """The resolution test below is what shows that a runtime's PySpark 4.0.x and 3.5.x stay in place
+    (one pip resolution per runtime: each takes minutes against the index), so the bundle must keep
+    one runtime of each."""
+    versions = {RUNTIME_DISTS[r].get("pyspark", "")[:3] for r in bundle_runtimes() if r in RUNTIME_DISTS}
+    assert {"3.5", "4.0"} <= versions, versions
 
 
 @pytest.mark.parametrize("runtime", bundle_runtimes())
