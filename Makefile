@@ -43,8 +43,9 @@ run: $(STAMP)
 	$(BIN)/pld ingest --config conf/contractnli.yaml
 	$(BIN)/pld run --config $(CONFIG)
 
+# --durations: CI's log then says which modules to look at when .ci/run nears its 60-minute budget
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -68,7 +69,7 @@ test-vllm:
 # Spark NLP sentence-splitter test. .ci/run runs it after `make test`.
 test-spark35:
 	@venv=$$(scripts/spark35_env.sh | tail -1) && \
-	PLD_TEST_SPARK_NLP=1 $$venv/bin/python -m pytest tests/spark -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+	PLD_TEST_SPARK_NLP=1 $$venv/bin/python -m pytest tests/spark -p no:cacheprovider $(XDIST) --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf lakehouse reports spark-warehouse metastore_db derby.log .pytest_cache
