@@ -275,8 +275,10 @@ class SelectConfig(_Model):
     mode: Literal["backward", "off"] = Field(
         "backward", description="backward: score the prompt without each rule on val (one student pass over val per "
         "rule, prefix reuse makes each cheap after its first input), drop the rules whose removal raises val "
-        "macro-F1, keep the reduced prompt if it scores at least as well; off: keep every rule.")
+        "macro-F1 if the reduced prompt wins a paired test on val (accept_confidence); off: keep every rule.")
     min_gain: float = Field(0.0, ge=0, description="A rule is dropped only if removing it raises val macro-F1 by more.")
+    accept_confidence: float = Field(0.9, ge=0.0, le=1.0, description="The reduced prompt replaces the full one only "
+                                     "if a paired bootstrap on val favours it in this share of resamples (0: any gain).")
     coverage: bool = Field(
         True, description="Record each rule's coverage: the share of its cluster's train examples the student labels "
         "correctly with the selected prompt (one student pass over train).")

@@ -6,9 +6,12 @@ macro-F1. Backward ablation (``select.mode: backward``) scores the prompt on the
 split, then the prompt without each rule in turn (prefix reuse makes each pass cheap after its
 first input; every prompt gets its own calibration chosen on validation, :mod:`pld_spark.validation`).
 A rule's *contribution* is the macro-F1 it adds (full minus without). Rules whose removal raises
-val macro-F1 by more than ``select.min_gain`` are dropped together, and the reduced prompt is kept
-only if it scores at least as well as the full one on validation (else every rule stays, and the
-run says why). With ``select.coverage`` each rule's coverage is recorded too: the share of its
+val macro-F1 by more than ``select.min_gain`` are dropped together, and the reduced prompt replaces
+the full one only if a paired bootstrap on validation favours it in at least
+``select.accept_confidence`` of the resamples (the loop's acceptance test); else every rule
+stays, and the run says why. A bare gain is not enough: on 240 val rows a few changed answers
+move macro-F1 by a point or two, and a reduced prompt chosen on such a gain lost 0.042 on test
+(BENCHMARKS.md). With ``select.coverage`` each rule's coverage is recorded too: the share of its
 cluster's train examples the student labels correctly with the selected prompt.
 
 The loop (``resolve``) starts from the selected prompt.
@@ -25,11 +28,14 @@ STAGE = "select"
 KIND = "pld_selected"
 
 
-def ablate(rules: Sequence[dict], val: Sequence[dict], *, fit: Callable[[list[dict]], Any], min_gain: float = 0.0
+def ablate(rules: Sequence[dict], val: Sequence[dict], *, fit: Callable[[list[dict]], Any], min_gain: float = 0.0,
+           compare: Callable[[Any, Any], dict] | None = None, confidence: float = 0.0
            ) -> tuple[list[dict], dict[str, float], dict[str, float], Any, Any, str]:
     """Backward ablation over plain data. ``fit(rules) -> Scored`` (a prompt built from the rules,
-    scored on val with its calibration). Returns (kept rules, contribution per rule id, val F1
-    without each rule, the full prompt's score, the kept prompt's score, a note). Pure."""
+    scored on val with its calibration); ``compare(a, b)`` the paired bootstrap of a - b on val
+    (``p_a_better``), which must reach ``confidence`` for the reduced prompt to replace the full one.
+    Returns (kept rules, contribution per rule id, val F1 without each rule, the full prompt's
+    score, the kept prompt's score, a note). Pure."""
     full = fit(list(rules))
     contribution, without = {}, {}
     if len(rules) < 2:
@@ -45,11 +51,15 @@ def ablate(rules: Sequence[dict], val: Sequence[dict], *, fit: Callable[[list[di
         drop.discard(max(rules, key=lambda r: (contribution[r["rule_id"]], r["rule_id"]))["rule_id"])
     kept = [r for r in rules if r["rule_id"] not in drop]
     reduced = fit(kept)
-    if reduced.f1 >= full.f1:
-        return (kept, contribution, without, full, reduced,
-                f"dropped {len(drop)} rule(s) whose removal raised val macro-F1; {full.f1:.4f} -> {reduced.f1:.4f}")
-    return (list(rules), contribution, without, full, full,
-            f"dropping the {len(drop)} harmful-looking rule(s) together scored {reduced.f1:.4f} < {full.f1:.4f}: kept all")
+    if reduced.f1 < full.f1:
+        return (list(rules), contribution, without, full, full, f"dropping the {len(drop)} harmful-looking rule(s) "
+                f"together scored {reduced.f1:.4f} < {full.f1:.4f}: kept all")
+    p = compare(reduced, full)["p_a_better"] if compare is not None else 1.0
+    if p < confidence:
+        return (list(rules), contribution, without, full, full, f"dropping {len(drop)} rule(s) scored {full.f1:.4f} -> "
+                f"{reduced.f1:.4f}, better in {p:.0%} of paired resamples on val (needs {confidence:.0%}): kept all")
+    return (kept, contribution, without, full, reduced, f"dropped {len(drop)} rule(s) whose removal raised val "
+            f"macro-F1; {full.f1:.4f} -> {reduced.f1:.4f}, better in {p:.0%} of paired resamples")
 
 
 def coverage(rules: Sequence[dict], train: Sequence[dict], preds: Sequence[str],
@@ -92,7 +102,9 @@ def run(ctx) -> dict[str, Any]:
         return s
 
     if scfg.mode == "backward":
-        kept, contrib, without, full, chosen, note = ablate(rules, val, fit=fit, min_gain=scfg.min_gain)
+        kept, contrib, without, full, chosen, note = ablate(
+            rules, val, fit=fit, min_gain=scfg.min_gain, compare=lambda a, b: judge.compare(val, a, b),
+            confidence=scfg.accept_confidence)
     else:
         full = chosen = fit(rules)
         kept, contrib, without, note = rules, {}, {}, "select.mode is off: every rule kept"
