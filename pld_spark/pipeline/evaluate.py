@@ -281,14 +281,22 @@ def _store(ctx, scored, eval_rows, scoring, frame, evaluations) -> None:
     ctx.collect_usage(ctx.student, STAGE)
 
 
+def pld_side(results: dict, conds, promoted: str | None) -> str | None:
+    """The PLD side of the paired comparisons: condition ``pld`` (an explicit prompt version), else the
+    condition of the prompt the run promoted (``distilled``), else the furthest PLD stage evaluated
+    (``pld_resolved``, ``pld_selected``, ``pld_cluster``): a run that promoted nothing still shows how
+    its prompt compares. Pure."""
+    if "pld" in results:
+        return "pld"
+    return (next((c.name for c in conds if c.prompt_version == promoted and c.name.startswith("pld")), None)
+            or next((n for n in ("pld_resolved", "pld_selected", "pld_cluster") if n in results), None))
+
+
 def _result(ctx, conds, results, preds, skipped, test, promoted: str | None) -> dict[str, Any]:
-    """The evaluation result (report input): conditions, the paired comparisons and meta. The PLD
-    side of the comparisons is the prompt the run promoted (``distilled``) when it is among the
-    conditions, else the loop's ``pld_resolved`` (``meta.pld_promoted`` says which)."""
+    """The evaluation result (report input): conditions, the paired comparisons (:func:`pld_side`) and
+    meta (``meta.pld_promoted`` says whether the PLD side is the promoted prompt)."""
     cfg, client = ctx.cfg, ctx.student
-    pld_name = ("pld" if "pld" in results else
-                next((c.name for c in conds if c.prompt_version == promoted and c.name.startswith("pld")), None)
-                or ("pld_resolved" if "pld_resolved" in results else None))
+    pld_name = pld_side(results, conds, promoted)
     zs = [n for n in ("zero_shot", "zero_shot_bare") if n in results]
     zs_best = max(zs, key=lambda n: (results[n].get("val_macro_f1") or 0.0, n)) if zs else None
     paired = paired_stats(preds, list(test["gold"]), cfg.task.label_names, pld=pld_name, zero_shot_best=zs_best,

@@ -126,3 +126,20 @@ def test_transform_scores_each_prompt_once_and_reuses_figures():
     assert by["pld_cluster"]["note"] == "alias 'clustered'" and by["pld_cluster"]["engine"] == "local"
     assert sum(map(sum, json.loads(by["zero_shot"]["confusion"])["matrix"])) == 8
     assert all(r["run_id"] == "r1" and r["task"] == "stereoset" and r["student_model"] == "m" for r in rows)
+
+
+def test_the_pld_side_of_the_paired_comparisons():
+    from types import SimpleNamespace as NS
+
+    from pld_spark.pipeline.evaluate import pld_side
+
+    conds = [NS(name="zero_shot", prompt_version="z"), NS(name="pld_cluster", prompt_version="c"),
+             NS(name="pld_selected", prompt_version="c")]
+    results = {"zero_shot": {}, "pld_cluster": {}, "pld_selected": {}}
+    assert pld_side(results, conds, promoted="c") == "pld_cluster"  # the promoted prompt's condition
+    # nothing promoted (or a stale alias from another run): the furthest stage evaluated, not nothing
+    assert pld_side(results, conds, promoted=None) == "pld_selected"
+    assert pld_side(results, conds, promoted="stale") == "pld_selected"
+    assert pld_side({**results, "pld_resolved": {}}, conds, promoted=None) == "pld_resolved"
+    assert pld_side({**results, "pld": {}}, conds, promoted="c") == "pld"
+    assert pld_side({"zero_shot": {}}, conds[:1], promoted=None) is None
