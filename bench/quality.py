@@ -192,6 +192,7 @@ def run_bench(args) -> dict:
     gold = {r.example_id: r.label for r in readers_current(ctx, "test").select("example_id", "label").collect()}
     any_docs = next(iter(test_preds.values()), {"doc_ids": []})["doc_ids"]
     test_gold = {"doc_ids": any_docs, "labels": [gold.get(d) for d in any_docs]}
+    rules = rule_table(ctx, prompts)  # before the session stops below
     records = {"run_id": ctx.run_id, "counts": ctx.record.counts, "tokens_in": ctx.record.tokens_in,
                "tokens_out": ctx.record.tokens_out, "llm_calls": ctx.record.llm_calls}
     try:
@@ -209,7 +210,7 @@ def run_bench(args) -> dict:
             "cluster": cfg.cluster.model_dump(mode="json"), "input_policy": cfg.input_policy.model_dump(mode="json"),
             "pipeline_wall_s": round(wall, 1), "loadavg_end": loadavg(), "stages": stages, "conditions": conds,
             "paired": (evaluation or {}).get("paired", {}), "evaluation_meta": (evaluation or {}).get("meta", {}),
-            "prompts": prompts, "rules": rule_table(ctx, prompts), "run_record": records,
+            "prompts": prompts, "rules": rules, "run_record": records,
             "test_predictions": test_preds, "test_gold": test_gold, "lakehouse": str(lake) if (args.keep or args.lakehouse) else None}
 
 
