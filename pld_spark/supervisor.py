@@ -128,7 +128,7 @@ def _parent_logging() -> tuple[int, int, str | None]:
     """How the parent logs (pld_spark's level, the root level, the root handler's format), so a spawned
     child prints the same INFO lines (a spawned process starts with logging unconfigured)."""
     root = logging.getLogger()
-    fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
+    fmt = next((f for h in root.handlers if (f := getattr(h.formatter, "_fmt", None))), None)
     return logging.getLogger("pld_spark").getEffectiveLevel(), root.level, fmt
 
 
