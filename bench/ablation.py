@@ -49,7 +49,9 @@ CONDITIONS = '["zero_shot","zero_shot_bare","pld_resolved"]'
 
 def pld_preds(result: dict) -> tuple[str, dict]:
     name = result.get("evaluation_meta", {}).get("pld_condition") or "pld_resolved"
-    return name, result["test_predictions"][name]
+    # a condition with the same prompt as an earlier one keeps no predictions of its own
+    reused = {c["condition"]: c.get("reused_from") for c in result.get("conditions", [])}
+    return name, result["test_predictions"][reused.get(name) or name]
 
 
 def main() -> int:
