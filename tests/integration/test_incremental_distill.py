@@ -90,8 +90,8 @@ def runs(spark, tmp_path_factory):
     grown = spark.createDataFrame([(r["ticket_id"], r["team"], None) for r in first + extra],
                                   "example_id STRING, label STRING, split STRING")
     fresh_splits = {r.example_id: r.split for r in assign_splits(grown, ctx2.cfg.dataset.split).collect()}
-    return dict(fresh_splits=fresh_splits, ctx1=ctx1, c1=c1, ing1=ing1, splits1=splits1, ctx2=ctx2, c2=c2, ing2=ing2, examples2=examples2,
-                new_ids={r["ticket_id"] for r in extra})
+    return dict(ctx1=ctx1, c1=c1, ing1=ing1, splits1=splits1, ctx2=ctx2, c2=c2, ing2=ing2, examples2=examples2,
+                new_ids={r["ticket_id"] for r in extra}, fresh_splits=fresh_splits)
 
 
 def test_appended_rows_are_ingested_and_the_stored_rows_keep_their_split(runs):
