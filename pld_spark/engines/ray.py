@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from pld_spark.errors import ConfigError
+from pld_spark.errors import ConfigError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,25 @@ def check_spark_session(ray_cfg, spark) -> None:
             "score.ray.setup_on_spark=true cannot run under Spark Connect (spark.remote, Databricks serverless or "
             "standard access mode): ray.util.spark.setup_ray_cluster needs sparkContext, which a Connect session "
             f"does not have. Instead: {CONNECT_ALTERNATIVES}.")
+
+
+#: seconds a local Ray head waits for its GCS server to come up. Ray's own default is 30 s, which
+#: a 2-core node already busy with llama.cpp (another Spark task, another test worker) can overrun;
+#: the user's ``RAY_gcs_server_port_wait_time_s`` wins when set.
+GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+GCS_WAIT_DEFAULT_S = 180
+
+
+def gcs_wait_seconds(environ) -> int:
+    """The GCS start-up wait for a local Ray: the user's ``RAY_gcs_server_port_wait_time_s`` if set
+    (it must be a whole number of seconds), else :data:`GCS_WAIT_DEFAULT_S`."""
+    raw = environ.get(GCS_WAIT_ENV)
+    if raw is None or raw == "":
+        return GCS_WAIT_DEFAULT_S
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{GCS_WAIT_ENV}={raw!r} must be a whole number of seconds") from None
 
 
 def local_num_cpus(ray_cfg) -> int:
@@ -105,8 +124,17 @@ def ray_runtime(ray_cfg, spark=None) -> Iterator[dict[str, Any]]:
             ray.shutdown()  # disconnects this driver; the cluster keeps running
         return
     num_cpus = local_num_cpus(ray_cfg)
-    ray.init(num_cpus=num_cpus, num_gpus=int(math.ceil(ray_cfg.num_actors * ray_cfg.num_gpus_per_actor)) or None,
-             include_dashboard=False, log_to_driver=False)
+    wait_s = gcs_wait_seconds(os.environ)
+    os.environ[GCS_WAIT_ENV] = str(wait_s)  # read by ray.init when it starts the head
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=int(math.ceil(ray_cfg.num_actors * ray_cfg.num_gpus_per_actor)) or None,
+                 include_dashboard=False, log_to_driver=False)
+    except RuntimeError as e:
+        if "Timed out waiting for file" not in str(e):
+            raise
+        raise StageError(
+            f"local Ray did not start: its GCS server was not up after {wait_s} s ({e}). The node is probably "
+            f"overloaded; raise {GCS_WAIT_ENV}, or point score.ray.address at a running Ray cluster") from None
     try:
         log.info("local Ray started with %d logical CPUs in %.1fs", num_cpus, time.perf_counter() - t0)
         yield {"mode": "local", "started": True, "num_cpus": num_cpus}

@@ -162,3 +162,28 @@ def test_score_stage_refuses_ray_on_spark_under_connect_before_reading(connect_s
     ctx = _ctx("score.engine=ray").replace(spark=connect_session, store=_Untouchable())
     with pytest.raises(ConfigError, match=r"score\.ray\.setup_on_spark"):
         score.run(ctx)
+
+
+def test_local_start_waits_longer_for_gcs_than_rays_30_s_unless_the_user_set_it(calls, monkeypatch):
+    """A 2-core node busy with llama.cpp overran Ray's 30 s GCS wait in CI (RuntimeError from ray.init)."""
+    monkeypatch.setenv(ray_engine.GCS_WAIT_ENV, "")  # unset for the run below, restored after the test
+    assert ray_engine.gcs_wait_seconds({}) == ray_engine.GCS_WAIT_DEFAULT_S > 30
+    assert ray_engine.gcs_wait_seconds({ray_engine.GCS_WAIT_ENV: "45"}) == 45
+    with pytest.raises(ray_engine.ConfigError, match=ray_engine.GCS_WAIT_ENV):
+        ray_engine.gcs_wait_seconds({ray_engine.GCS_WAIT_ENV: "soon"})
+    with ray_engine.ray_runtime(RayConfig(num_actors=1)):
+        import os
+        assert os.environ[ray_engine.GCS_WAIT_ENV] == str(ray_engine.GCS_WAIT_DEFAULT_S)
+
+
+def test_local_start_timeout_is_one_clear_error(calls, monkeypatch):
+    import ray
+
+    def init(**kw):
+        raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv(ray_engine.GCS_WAIT_ENV, "5")
+    with pytest.raises(ray_engine.StageError, match="not up after 5 s.*RAY_gcs_server_port_wait_time_s"):
+        with ray_engine.ray_runtime(RayConfig(num_actors=1)):
+            pass
