@@ -208,20 +208,26 @@ class RunContext:
     def teacher(self):
         from pld_spark.llm.registry import build_client
 
-        return build_client(self.cfg.teacher, role="teacher", cache=self._cache_store())
+        return build_client(self.cfg.teacher, role="teacher", cache=self._cache_store("teacher"))
 
     @cached_property
     def student(self):
         from pld_spark.llm.registry import build_client
 
-        return build_client(self.cfg.student, role="student", cache=self._cache_store())
+        return build_client(self.cfg.student, role="student", cache=self._cache_store("student"))
 
-    def _cache_store(self):
-        """The Delta-backed response cache, when the store is already built (no Spark otherwise)."""
+    #: the student's cache writes are buffered: its stages (score, evaluate) flush before each commit
+    #: of their predictions, and one MERGE per scoring batch cost more than the local model's answers
+    STUDENT_CACHE_BUFFER = {"flush_rows": 512, "flush_s": 30.0}
+
+    def _cache_store(self, role: str):
+        """The Delta-backed response cache, when the store is already built (no Spark otherwise):
+        written through for the teacher (paid answers), buffered for the student."""
         if "store" in self.__dict__:
             from pld_spark.llm.cache import DeltaCache
 
-            return DeltaCache(self.store, run_id=self.run_id)
+            return DeltaCache(self.store, run_id=self.run_id,
+                              **(self.STUDENT_CACHE_BUFFER if role == "student" else {}))
         return None
 
     def replace(self, **members: Any) -> "RunContext":
@@ -346,7 +352,21 @@ class RunContext:
                 return
             self.progress()
 
+    def flush_llm_caches(self) -> None:
+        """Write the response-cache entries the driver's clients buffer (llm/cache.py). Stages call it
+        before committing their own rows, and the run's end calls it. A failed write is logged, not
+        raised: the cache is an optimisation, results are not."""
+        for role in ("teacher", "student"):
+            client = self.__dict__.get(role)
+            if client is None or not hasattr(client, "flush_cache"):
+                continue
+            try:
+                client.flush_cache()
+            except Exception:  # noqa: BLE001
+                log.exception("could not write the %s's buffered responses to llm_cache", role)
+
     def finish(self, error: BaseException | None = None) -> None:
+        self.flush_llm_caches()
         self._stop_beat.set()
         if self._beat is not None:
             self._beat.join(timeout=60)  # its last row must not land after the final one

@@ -155,6 +155,11 @@ class BaseLLM(LabelScorer):
         """Use ``cache`` (e.g. a DeltaCache) as the persistent layer from now on."""
         self.persistent_cache = cache if self.cfg.cache else None
 
+    def flush_cache(self) -> int:
+        """Write what the persistent layer buffers (a no-op for layers without a buffer); -> rows written."""
+        flush = getattr(self.persistent_cache, "flush", None)
+        return flush() if flush is not None else 0
+
     def chat(self, requests: list[ChatRequest], max_in_flight: int = 1) -> list[ChatResponse]:
         """Answer a batch; per-row failures come back as responses with ``error`` set.
 

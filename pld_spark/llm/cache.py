@@ -5,9 +5,12 @@ backend, model, messages, JSON schema, sampling parameters and the prompt templa
 (never the request id or the run id). A hit makes no model call.
 
 :class:`DeltaCache` is driver-side only (it needs the Spark session): a stage looks up a
-whole batch with :meth:`DeltaCache.get_many` before calling the model and stores the new
-successes with one :meth:`DeltaCache.put_many` MERGE. Spark executors and Ray actors use the
-memory layer only.
+whole batch with :meth:`DeltaCache.get_many` before calling the model and hands the new
+successes to :meth:`DeltaCache.put_many`, which buffers them and MERGEs once ``flush_rows``
+entries or ``flush_s`` seconds have gathered, and on :meth:`DeltaCache.flush` (a stage's commit
+points and the run's end call it). One MERGE per small batch cost more than the model calls
+themselves (1.7 s per MERGE against 0.25 s per answer, profiled on `pld score`). Spark executors
+and Ray actors use the memory layer only.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -111,18 +115,28 @@ class DeltaCache:
     """The ``llm_cache`` Delta table as a response cache (driver-side; needs a DeltaStore).
 
     Writes MERGE with insert-only semantics (first answer wins), so concurrent writers and
-    re-runs never rewrite a stored answer.
+    re-runs never rewrite a stored answer. By default every :meth:`put_many` is written at once
+    (the teacher's paid answers: consolidate and resolve have no commit point of their own before
+    the stage ends). With ``flush_rows`` > 1, new entries wait in a buffer (read by
+    :meth:`get_many` too) until ``flush_rows`` of them or ``flush_s`` seconds since the oldest, or
+    :meth:`flush`; a process killed in between loses at most that much of the cache, never a
+    stored result (the student's stages flush before committing their own rows).
     """
 
     TABLE = "llm_cache"
     LOOKUP_CHUNK = 2000
 
-    def __init__(self, store, run_id: str = ""):
+    def __init__(self, store, run_id: str = "", flush_rows: int = 1, flush_s: float = 0.0):
         self.store = store
         self.run_id = run_id
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
         self.lookups = 0
         self.hits = 0
         self.writes = 0
+        self._pending: dict[str, CacheEntry] = {}
+        self._oldest: float | None = None
+        self._lock = threading.RLock()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
         """Stored entries for the keys that exist (one Spark query per 2,000 keys)."""
@@ -133,7 +147,11 @@ class DeltaCache:
         if not wanted:
             return out
         self.lookups += len(wanted)
-        if not self.store.exists(self.TABLE):
+        with self._lock:
+            out.update({k: self._pending[k] for k in wanted if k in self._pending})
+        wanted = [k for k in wanted if k not in out]
+        if not wanted or not self.store.exists(self.TABLE):
+            self.hits += len(out)
             return out
         table = self.store.read(self.TABLE)
         for i in range(0, len(wanted), self.LOOKUP_CHUNK):
@@ -155,19 +173,46 @@ class DeltaCache:
         self.hits += len(out)
         return out
 
+    @property
+    def pending(self) -> int:
+        """Entries buffered and not yet in the table."""
+        return len(self._pending)
+
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
-        """Insert new entries (keys already stored are left alone); returns how many were offered."""
+        """Buffer new entries for insertion (keys already stored are left alone at the MERGE);
+        MERGE the buffer when it is due (see the class docstring). Returns how many were offered."""
+        entries = list(entries)
+        if not entries:
+            return 0
+        with self._lock:
+            for e in entries:
+                self._pending.setdefault(e.key, e)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            due = len(self._pending) >= self.flush_rows or time.monotonic() - self._oldest >= self.flush_s
+        if due:
+            self.flush()
+        return len(entries)
+
+    def flush(self) -> int:
+        """MERGE the buffered entries into the table now; returns how many were written. On a
+        failed MERGE the entries stay buffered (the next flush tries again) and the error propagates."""
         from pld_spark.storage.catalog import LLM_CACHE
 
-        rows = [{
-            "cache_key": e.key, "backend": e.backend, "model": e.model, "template_version": e.template_version,
-            "response": canonical_json(e.response), "tokens_in": int(e.tokens_in), "tokens_out": int(e.tokens_out),
-            "created_at": e.created_at, "run_id": self.run_id,
-        } for e in entries]
-        if not rows:
-            return 0
-        cols = LLM_CACHE.columns
-        df = self.store.spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], LLM_CACHE.ddl)
-        self.store.merge(self.TABLE, df, update=False)
-        self.writes += len(rows)
-        return len(rows)
+        with self._lock:
+            if not self._pending:
+                return 0
+            batch = list(self._pending.values())
+            rows = [{
+                "cache_key": e.key, "backend": e.backend, "model": e.model, "template_version": e.template_version,
+                "response": canonical_json(e.response), "tokens_in": int(e.tokens_in),
+                "tokens_out": int(e.tokens_out), "created_at": e.created_at, "run_id": self.run_id,
+            } for e in batch]
+            cols = LLM_CACHE.columns
+            df = self.store.spark.createDataFrame([tuple(r[c] for c in cols) for r in rows], LLM_CACHE.ddl)
+            self.store.merge(self.TABLE, df, update=False)
+            for e in batch:
+                self._pending.pop(e.key, None)
+            self._oldest = time.monotonic() if self._pending else None
+            self.writes += len(rows)
+            return len(rows)

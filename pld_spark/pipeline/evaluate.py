@@ -274,6 +274,7 @@ def _store(ctx, scored, eval_rows, scoring, frame, evaluations) -> None:
         import pandas as pd
 
         allp = pd.concat([s.frame for s in scored.values()], ignore_index=True)
+        ctx.flush_llm_caches()
         ctx.store.merge("predictions", scoring.to_predictions(scoring.results_to_spark(
             ctx.spark, allp, [("prompt_version", "STRING"), ("condition", "STRING")]), ctx.run_id), update=True)
     if eval_rows:

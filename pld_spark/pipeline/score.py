@@ -174,6 +174,7 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
 
     def store(results) -> tuple[int, int]:
         preds = scoring.to_predictions(results, ctx.run_id, prompt.version, CONDITION).cache()
+        ctx.flush_llm_caches()  # the answers behind this chunk, before the chunk itself
         try:
             ctx.store.merge("predictions", preds, update=True)
             a = preds.agg(F.count("*").alias("n"), F.count("error").alias("e"),

@@ -89,3 +89,28 @@ def test_delta_cache_get_many_put_many_roundtrip(spark, tmp_path):
     assert set(got) == {"k0", "k2"}
     assert got["k0"].response == {"text": "t0", "data": {"i": 0}} and got["k2"].tokens_in == 2
     assert store.read("llm_cache").count() == 3
+
+
+def test_buffered_delta_cache_writes_when_full_when_old_or_on_flush(spark, tmp_path):
+    """The student's cache (RunContext.STUDENT_CACHE_BUFFER) buffers: one MERGE per scoring batch cost
+    more than the answers. Buffered entries are served by get_many and reach the table when due."""
+    from pld_spark.context import RunContext
+    from pld_spark.llm.cache import CacheEntry
+    from pld_spark.storage.delta import DeltaStore
+
+    assert RunContext.STUDENT_CACHE_BUFFER["flush_rows"] > 1
+    store = DeltaStore(spark, str(tmp_path / "lake"))
+    entry = lambda k: CacheEntry(key=k, response={"text": k}, backend="b", model="m")  # noqa: E731
+    stored = lambda: sorted(r.cache_key for r in store.read("llm_cache").select("cache_key").collect())  # noqa: E731
+    cache = DeltaCache(store, run_id="r1", flush_rows=3, flush_s=3600)
+    cache.put_many([entry("a"), entry("b")])
+    assert not store.exists("llm_cache") and cache.pending == 2
+    assert set(cache.get_many(["a", "b", "z"])) == {"a", "b"}  # served from the buffer
+    cache.put_many([entry("c")])  # the third entry fills the buffer: one MERGE
+    assert stored() == ["a", "b", "c"] and cache.pending == 0
+    cache.put_many([entry("d")])
+    assert stored() == ["a", "b", "c"]
+    assert cache.flush() == 1 and stored() == ["a", "b", "c", "d"] and cache.flush() == 0
+    old = DeltaCache(store, run_id="r2", flush_rows=100, flush_s=0.0)  # due at once by age
+    old.put_many([entry("e")])
+    assert stored()[-1] == "e" and old.pending == 0
