@@ -11,27 +11,26 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 
-# Seconds per module in a serial run (`make test PYTEST_ARGS=--durations=60`, 2 cores, 2026-11-27),
-# heaviest first. `make test` runs two xdist workers; each module is one unit of work (its module
+# Seconds per module under `make test` in CI (two xdist workers on 2 cores, 2026-11-30, from the
+# --durations output; setup included), heaviest first. Each module is one unit of work (its module
 # fixtures are built once) and the heaviest start first, so no long module is left for the end.
 # Modules not listed are lighter and keep collection order after these.
-# The real-model modules marked 2026-11-29 were measured alone, each in its own pytest process (Spark
-# start included), while the machine was shared (load average 3-5): their figures run high.
 HEAVY_MODULES = {
-    "tests/integration/test_distill_real_model.py": 400,  # 2026-11-29: ingest + distill (with select) + evaluate
-    "tests/integration/test_reliability_kills.py": 381,
-    "tests/integration/test_reliability_concurrency.py": 295,
-    "tests/integration/test_reliability_faults.py": 234,
-    "tests/integration/test_jobs_sql_notebooks.py": 210,
-    "tests/integration/test_evaluate_real_model.py": 180,  # 2026-11-29
-    # 2026-11-29: 966 s measured at load average 17-26 on 2 cores (not alone); 300 is an estimate
-    "tests/integration/test_incremental_distill.py": 300,
-    "tests/integration/test_extract_server.py": 170,  # 2026-11-29
-    "tests/integration/test_reliability_secrets.py": 112,
-    "tests/integration/test_ray_score.py": 101,
-    "tests/integration/test_reliability_bad_input.py": 77,
-    "tests/integration/test_reliability_injection.py": 52,
-    "tests/integration/test_score_real_model.py": 50,  # 2026-11-29
+    "tests/integration/test_reliability_kills.py": 820,  # 887 s before the buffered student cache
+    "tests/integration/test_jobs_sql_notebooks.py": 470,  # shares the Ray unit with test_ray_score (~230)
+    "tests/integration/test_spark_connect.py": 560,
+    "tests/integration/test_reliability_concurrency.py": 370,
+    "tests/integration/test_reliability_faults.py": 364,
+    "tests/integration/test_reliability_secrets.py": 314,
+    "tests/integration/test_distill_real_model.py": 300,
+    "tests/integration/test_ray_score.py": 230,
+    "tests/integration/test_incremental_distill.py": 160,
+    "tests/spark/test_ingest.py": 150,
+    "tests/integration/test_reliability_bad_input.py": 140,
+    "tests/integration/test_evaluate_real_model.py": 110,
+    "tests/integration/test_extract_server.py": 100,
+    "tests/integration/test_reliability_injection.py": 65,
+    "tests/integration/test_score_real_model.py": 50,
 }
 # Modules that start a real local Ray cluster form one unit, so two clusters never compete.
 RAY_MODULES = {"tests/integration/test_ray_score.py", "tests/integration/test_jobs_sql_notebooks.py"}
