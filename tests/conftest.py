@@ -30,6 +30,7 @@ HEAVY_MODULES = {
     "tests/integration/test_evaluate_real_model.py": 110,
     "tests/integration/test_extract_server.py": 100,
     "tests/integration/test_reliability_injection.py": 65,
+    "tests/integration/test_select_real_model.py": 150,  # measured alone: 140-210 s
     "tests/integration/test_score_real_model.py": 50,
 }
 # Modules that start a real local Ray cluster form one unit, so two clusters never compete.
