@@ -302,7 +302,7 @@ class ResolveConfig(_Model):
     score_batch_size: int = Field(16, ge=1, description="Inputs per student classify() call on the driver.")
     max_operations: int = Field(6, ge=1, description="Rule operations applied per round (more = a bigger teacher answer).")
     max_input_chars: int = Field(600, ge=50, description="Characters of each sampled input shown to the teacher (prompt tokens).")
-    max_tokens: int | None = Field(None, ge=1, description="Teacher output cap for the revision call (null = teacher.max_tokens).")
+    max_tokens: int | None = Field(640, ge=1, description="Teacher output cap for the revision call (null = teacher.max_tokens); 160 cut 1.5B answers.")
 
 
 class RayConfig(_Model):

@@ -115,6 +115,10 @@ def apply_operations(rules: list[dict], ops: Sequence[dict], label_names: Sequen
             diff["skipped"].append({**op, "reason": "label not in the label set"})
             continue
         text = (op.get("instruction") or "").strip()
+        if old is not None and label == old.get("label") and " ".join(text.split()) == " ".join(
+                (old.get("instruction") or "").split()):
+            diff["skipped"].append({**op, "reason": "no change"})  # a 1.5B teacher restates rules verbatim
+            continue
         ok, reason = validate_rule(text, label_names, require_label=label, limits=limits)
         if not ok:
             diff["skipped"].append({**op, "reason": reason})
@@ -124,11 +128,17 @@ def apply_operations(rules: list[dict], ops: Sequence[dict], label_names: Sequen
         if new_id in by_id:
             diff["skipped"].append({**op, "reason": "no change"})
             continue
+        # a modified rule keeps its cluster's exemplar while the label stays (the cluster did not change)
+        keep = old is not None and label == old.get("label") and old.get("example_label") == label
         row = Rule(new_id, int(old.get("cluster_id", -1)) if old else -1, (old or {}).get("topic") or "", text, label,
                    int(old.get("support") or 0) if old else 0, "resolve", members, parent_rule_id=rid or None,
-                   source_example_ids=list(source_example_ids))
+                   source_example_ids=list(source_example_ids),
+                   example_id=old.get("example_id") if keep else None,
+                   example_text=old.get("example_text") if keep else None,
+                   example_label=label if keep else None)
         new_rows.append(row)
-        entry = {**row.as_prompt_rule(), "member_micro_ids": members, "cluster_id": row.cluster_id}
+        entry = {**row.as_prompt_rule(), "member_micro_ids": members, "cluster_id": row.cluster_id,
+                 "example_id": row.example_id}
         if old is not None:
             order[order.index(rid)] = new_id
             del by_id[rid]

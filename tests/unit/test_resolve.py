@@ -54,6 +54,29 @@ def test_apply_operations_modify_add_delete_and_skip():
     json.dumps(diff)
 
 
+def test_a_modify_that_restates_the_rule_is_no_change_and_a_real_one_keeps_the_exemplar():
+    """Seen with the 1.5B teacher (BENCHMARKS.md): five 'modify' operations that copied the rules verbatim
+    became five new rules without their cluster exemplars, and the candidate lost 0.037 on val."""
+    rs = [{"rule_id": "a", "label": "race", "instruction": "If a country is named, the label is race.", "support": 5,
+           "topic": "t", "member_micro_ids": ["m1"], "cluster_id": 0, "example_id": "e9",
+           "example_text": "Context: Ghana is BLANK.", "example_label": "race"}]
+    same = [{"op": "modify", "rule_id": "a", "instruction": "If a  country is named,\nthe label is race.",
+             "label": "race"}]
+    new, rows, diff = apply_operations(rs, same, LABELS)
+    assert new == rs and rows == [] and [s["reason"] for s in diff["skipped"]] == ["no change"]
+
+    sharper = [{"op": "modify", "rule_id": "a", "instruction": "If a country or a nationality is named, the label "
+                "is race.", "label": "race"}]
+    new, rows, _ = apply_operations(rs, sharper, LABELS)
+    assert (rows[0].example_id, rows[0].example_text, rows[0].example_label) == ("e9", "Context: Ghana is BLANK.",
+                                                                                 "race")
+    assert new[0]["example_text"] == "Context: Ghana is BLANK." and new[0]["example_id"] == "e9"
+    relabelled = [{"op": "modify", "rule_id": "a", "instruction": "If a country is named, the label is religion.",
+                   "label": "religion"}]
+    _, rows, _ = apply_operations(rs, relabelled, LABELS)
+    assert rows[0].example_text is None and rows[0].example_label is None  # an exemplar of another label
+
+
 # ----------------------------------------------------------------------------- the loop
 class _Built:
     """What build_prompt returns, reduced to what run_loop reads."""
