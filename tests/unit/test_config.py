@@ -127,3 +127,17 @@ def test_bad_input_template_is_rejected():
     with pytest.raises(ConfigError) as e:
         load_config(CONF / "stereoset.yaml", ["task.input_template={txt}"])
     assert "input_template" in str(e.value)
+
+
+def test_yaml_switch_words_reach_string_literal_fields(tmp_path):
+    """YAML 1.1 reads `off` as False: `--set select.mode=off` and `mode: off` in a file failed validation."""
+    from pld_spark.config import load_config
+
+    assert load_config(CONF / "stereoset.yaml", ["select.mode=off"]).select.mode == "off"
+    f = tmp_path / "t.yaml"
+    f.write_text(f"extends: {CONF / 'stereoset.yaml'}\nselect:\n  mode: off\n")
+    assert load_config(f).select.mode == "off"
+    with pytest.raises(ConfigError, match="select.mode"):  # a word the field does not have stays an error
+        load_config(CONF / "stereoset.yaml", ["select.mode=yes"])
+    with pytest.raises(ConfigError, match="select.coverage"):  # a bool field is untouched
+        load_config(CONF / "stereoset.yaml", ["select.coverage=maybe"])
