@@ -3,8 +3,10 @@
 Every embedder maps a list of texts to an L2-normalised float matrix (rows = texts), so
 cosine distance is ``1 - dot`` and Euclidean k-means on the rows approximates cosine.
 
-- ``tfidf_svd`` (default): TF-IDF (word 1-2 grams) + truncated SVD to ``dims``; no model,
-  deterministic, seconds for thousands of rules.
+- ``auto`` (default): ``minilm`` when its weights package is installed, else ``tfidf_svd``
+  with a WARNING; the cluster rows record the one used (:func:`effective`).
+- ``tfidf_svd``: TF-IDF (word 1-2 grams) + truncated SVD to ``dims``; no model,
+  deterministic, seconds for thousands of rules. The no-model fallback.
 - ``llamacpp``: the local model's embeddings through a client that has ``embed(texts)``
   (the teacher client unless ``model`` names another GGUF/registry model).
 - ``minilm``: all-MiniLM-L6-v2 (or another sentence-transformers BERT folder) run with numpy
@@ -307,6 +309,11 @@ def _llamacpp(cfg, client=None, seed: int = 0):
     return ClientEmbedder(client)
 
 
+@register("auto")
+def _auto(cfg, client=None, seed: int = 0):
+    return build_embedder(effective(cfg), client=client, seed=seed)
+
+
 @register("minilm")
 def _minilm(cfg, client=None, seed: int = 0):
     return MiniLMEmbedder(cfg.model)
@@ -322,9 +329,32 @@ def _openai(cfg, client=None, seed: int = 0):
     return OpenAIEmbedder(cfg.base_url, cfg.model, cfg.api_key_env)
 
 
+_AUTO_WARNED: set[str] = set()
+
+
+def effective(cfg):
+    """``cfg`` with ``type: auto`` replaced by what it means on this machine: ``minilm`` when the
+    weights package of ``cfg.model`` (default all-minilm-l6-v2) is installed, else ``tfidf_svd``
+    (one WARNING per process naming the install command). Other types are returned as they are."""
+    if cfg.type != "auto":
+        return cfg
+    from pld_spark.llm.models import resolve_embedding_model
+
+    try:
+        resolve_embedding_model(cfg.model or DEFAULT_EMBEDDING_MODEL, install=False)
+        chosen = "minilm"
+    except ConfigError as e:
+        chosen = "tfidf_svd"
+        if str(e) not in _AUTO_WARNED:
+            _AUTO_WARNED.add(str(e))
+            log.warning("cluster.embedder.type=auto: using tfidf_svd (no semantic model): %s", e)
+    return cfg.model_copy(update={"type": chosen})
+
+
 def build_embedder(cfg, client=None, seed: int = 0) -> Embedder:
     """The embedder for ``cluster.embedder`` (``client``: the teacher, for ``llamacpp``),
     wrapped in :class:`ConditionOnly` when ``cfg.condition_only``."""
+    cfg = effective(cfg)
     try:
         factory = EMBEDDERS[cfg.type]
     except KeyError:
@@ -336,6 +366,7 @@ def build_embedder(cfg, client=None, seed: int = 0) -> Embedder:
 def describe(cfg) -> str:
     """Short embedder description stored with every cluster row (``+condition`` when only the
     rules' conditions were embedded; the full settings are in the row's params)."""
+    cfg = effective(cfg)
     if cfg.type == "tfidf_svd":
         out = f"{cfg.type}(dims={cfg.dims})"
     elif cfg.type in ("minilm", "sentence_transformers"):

@@ -36,7 +36,7 @@ def test_tfidf_svd_is_normalised_and_handles_tiny_inputs():
 def test_every_clusterer_runs_from_config(kind):
     cfg = ClusterConfig.model_validate({"clusterer": {"type": kind, "eps": 0.4, "min_samples": 3, "n_clusters": 4},
                                         "group_by": None, "central_fallback": False,
-                                        "embedder": {"condition_only": False}})
+                                        "embedder": {"type": "tfidf_svd", "condition_only": False}})
     out, used = transform(rules_frame(), cfg, build_embedder(cfg.embedder))
     assert set(used) == {"all"} and used["all"]["rules"] == 26
     assert len(out) == 26 and list(out.micro_id) == sorted(out.micro_id)
@@ -57,7 +57,7 @@ def test_every_clusterer_runs_from_config(kind):
 
 def test_dbscan_groups_rules_by_label():
     cfg = ClusterConfig.model_validate({"clusterer": {"type": "dbscan", "eps": 0.4, "min_samples": 3},
-                                        "group_by": None, "embedder": {"condition_only": False}})
+                                        "group_by": None, "embedder": {"type": "tfidf_svd", "condition_only": False}})
     out, _ = transform(rules_frame(outliers=0), cfg, build_embedder(cfg.embedder))
     assert out.cluster_id.nunique() == 4 and (out.label_purity == 1.0).all()
 
@@ -67,7 +67,7 @@ def test_group_by_label_never_silences_a_label():
     df = rules_frame(outliers=0)
     df = df[(df.label != "religion") | df.micro_id.isin(["m-religion-0", "m-religion-3"])]  # 2 rules only
     cfg = ClusterConfig.model_validate({"clusterer": {"type": "dbscan", "eps": 0.4, "min_samples": 3},
-                                        "embedder": {"condition_only": False}})
+                                        "embedder": {"type": "tfidf_svd", "condition_only": False}})
     out, used = transform(df, cfg, build_embedder(cfg.embedder), "label")
     assert set(used) == {"gender", "profession", "race", "religion"}
     rel = out[out.label == "religion"]
@@ -75,13 +75,15 @@ def test_group_by_label_never_silences_a_label():
     assert used["religion"]["fallback"] == "central" and "fallback" not in used["race"]
     assert out.groupby("cluster_id").group_key.nunique().max() == 1  # clusters never span groups
     off = ClusterConfig.model_validate({"clusterer": {"type": "dbscan", "eps": 0.4, "min_samples": 3},
-                                        "central_fallback": False, "embedder": {"condition_only": False}})
+                                        "central_fallback": False,
+                                        "embedder": {"type": "tfidf_svd", "condition_only": False}})
     out2, _ = transform(df, off, build_embedder(off.embedder), "label")
     assert (out2[out2.label == "religion"].cluster_id == -1).all()
 
 
 def test_dbscan_chooses_eps_from_the_data_and_records_it():
-    cfg = ClusterConfig.model_validate({"clusterer": {"type": "dbscan"}, "group_by": "label"})
+    cfg = ClusterConfig.model_validate({"clusterer": {"type": "dbscan"}, "group_by": "label",
+                                        "embedder": {"type": "tfidf_svd"}})
     out, used = transform(rules_frame(n_per_label=12, outliers=0), cfg, build_embedder(cfg.embedder), "label")
     for key, u in used.items():
         assert u["eps_from"] == "k-distance knee" and 0.05 <= u["eps"] <= 0.8 and u["min_samples"] == 2
@@ -91,21 +93,24 @@ def test_dbscan_chooses_eps_from_the_data_and_records_it():
 def test_group_by_an_examples_column():
     df = rules_frame(outliers=0)
     df["pair"] = ["h1" if i % 2 else "h2" for i in range(len(df))]
-    cfg = ClusterConfig.model_validate({"clusterer": {"type": "kmeans", "n_clusters": 2}, "group_by": "pair"})
+    cfg = ClusterConfig.model_validate({"clusterer": {"type": "kmeans", "n_clusters": 2}, "group_by": "pair",
+                                   "embedder": {"type": "tfidf_svd"}})
     out, used = transform(df, cfg, build_embedder(cfg.embedder), "pair")
     assert set(used) == {"h1", "h2"} and out.cluster_id.nunique() == 4
     assert set(out.group_key) == {"h1", "h2"}
 
 
 def test_per_label_ids_are_unique_and_pure():
-    cfg = ClusterConfig.model_validate({"group_by": "label", "clusterer": {"type": "kmeans", "n_clusters": 2}})
+    cfg = ClusterConfig.model_validate({"group_by": "label", "clusterer": {"type": "kmeans", "n_clusters": 2},
+                                   "embedder": {"type": "tfidf_svd"}})
     out, _ = transform(rules_frame(), cfg, build_embedder(cfg.embedder), "label")
     assert out.cluster_id.nunique() == 8 and (out.label_purity == 1.0).all()
     assert out.groupby("cluster_id").label.nunique().max() == 1
 
 
 def test_small_and_empty_inputs():
-    cfg = ClusterConfig.model_validate({"central_fallback": False, "clusterer": {"min_samples": 6}})
+    cfg = ClusterConfig.model_validate({"central_fallback": False, "clusterer": {"min_samples": 6},
+                                        "embedder": {"type": "tfidf_svd"}})
     one, _ = transform(rules_frame().head(1), cfg, build_embedder(cfg.embedder), "label")
     assert list(one.cluster_id) == [-1]
     with_fallback, _ = transform(rules_frame().head(1), ClusterConfig(), build_embedder(cfg.embedder), "label")

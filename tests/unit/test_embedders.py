@@ -101,17 +101,17 @@ def test_condition_only_wraps_every_embedder_type(monkeypatch):
 def test_condition_only_changes_what_tfidf_sees():
     rules = ["If the sentence names a job, the label is profession.",
              "If the sentence names a religion, the label is profession."]
-    plain = build_embedder(EmbedderConfig())
-    cond = build_embedder(EmbedderConfig(condition_only=True))
+    plain = build_embedder(EmbedderConfig(type="tfidf_svd"))
+    cond = build_embedder(EmbedderConfig(type="tfidf_svd", condition_only=True))
     assert isinstance(plain, TfidfSvdEmbedder) and isinstance(cond, ConditionOnly)
     assert cond(rules).shape[0] == plain(rules).shape[0] == 2
 
 
 def test_registry_and_descriptions():
-    assert {"tfidf_svd", "llamacpp", "minilm", "sentence_transformers", "openai"} <= set(EMBEDDERS)
-    assert EmbedderConfig().type == "tfidf_svd"  # the default is unchanged
-    assert describe(EmbedderConfig()) == "tfidf_svd(dims=64)"
-    assert describe(EmbedderConfig(condition_only=True)) == "tfidf_svd(dims=64)+condition"
+    assert {"auto", "tfidf_svd", "llamacpp", "minilm", "sentence_transformers", "openai"} <= set(EMBEDDERS)
+    assert EmbedderConfig().type == "auto"  # minilm when installed, else tfidf_svd (test_embedders_minilm.py)
+    assert describe(EmbedderConfig(type="tfidf_svd")) == "tfidf_svd(dims=64)"
+    assert describe(EmbedderConfig(type="tfidf_svd", condition_only=True)) == "tfidf_svd(dims=64)+condition"
     assert describe(EmbedderConfig(type="minilm")) == "minilm(all-minilm-l6-v2)"
     assert describe(EmbedderConfig(type="sentence_transformers")) == "sentence_transformers(all-minilm-l6-v2)"
     with pytest.raises(ValueError, match="unknown embedder"):

@@ -232,6 +232,30 @@ def test_registry_name_resolves_to_the_installed_folder(fake_package):
     assert emb.folder == folder and x.shape == (2, 8)
 
 
+def test_auto_is_the_semantic_model_when_installed_else_tfidf(fake_package, monkeypatch):
+    from pld_spark.config import EmbedderConfig
+    from pld_spark.pipeline import embedders
+    from pld_spark.pipeline.embedders import MiniLMEmbedder, TfidfSvdEmbedder, build_embedder, describe
+
+    spec, folder = fake_package
+    present = EmbedderConfig(type="auto", model="tiny-test-embedder")
+    emb = build_embedder(present)
+    assert isinstance(emb, MiniLMEmbedder) and emb.folder == folder and emb(["the nurse"]).shape == (1, 8)
+    assert describe(present) == "minilm(tiny-test-embedder)"  # the cluster rows record the one used
+
+    monkeypatch.delenv("PLD_MODEL_INSTALL", raising=False)
+    monkeypatch.setattr(embedders, "_AUTO_WARNED", set())
+    warned: list[str] = []
+    monkeypatch.setattr(embedders.log, "warning", lambda msg, *a: warned.append(msg % a))
+    register_embedding_model(EmbeddingModelSpec(name="absent-embedder", distribution="pld-no-such-package-xyz",
+                                                version="9.9", folder="pld_no_such/model"))
+    absent = EmbedderConfig(type="auto", model="absent-embedder", dims=16, condition_only=True)
+    emb = build_embedder(absent)
+    assert describe(absent) == "tfidf_svd(dims=16)+condition"
+    assert isinstance(emb.inner, TfidfSvdEmbedder) and emb.inner.dims == 16
+    assert len(warned) == 1 and "using tfidf_svd" in warned[0] and "pld-no-such-package-xyz" in warned[0]
+
+
 def test_wrong_weights_are_refused(fake_package, monkeypatch):
     spec, folder = fake_package
     bad = EmbeddingModelSpec(**{**spec.__dict__, "name": "tiny-bad", "aliases": (), "sha256": "0" * 64})
