@@ -365,6 +365,12 @@ class RunContext:
             except Exception:  # noqa: BLE001
                 log.exception("could not write the %s's buffered responses to llm_cache", role)
 
+    def commit_predictions(self, df) -> None:
+        """MERGE scored rows into ``predictions``, after the cached answers behind them: a kill
+        between the two then repeats no model call whose row was committed."""
+        self.flush_llm_caches()
+        self.store.merge("predictions", df, update=True)
+
     def finish(self, error: BaseException | None = None) -> None:
         self.flush_llm_caches()
         self._stop_beat.set()

@@ -136,8 +136,7 @@ def score_missing(ctx, versions, todo: dict[str, tuple[Any, Any]]) -> dict[str, 
     if frames:
         allp = pd.concat(frames, ignore_index=True)
         results = scoring.results_to_spark(ctx.spark, allp, [("prompt_version", "STRING")])
-        ctx.flush_llm_caches()
-        ctx.store.merge("predictions", scoring.to_predictions(results, ctx.run_id, None, CONDITION), update=True)
+        ctx.commit_predictions(scoring.to_predictions(results, ctx.run_id, None, CONDITION))
         ctx.collect_usage(ctx.student, STAGE)
     return out
 

@@ -169,8 +169,7 @@ def store_predictions(ctx, version: str, rows: Sequence[dict], preds: Sequence[s
             "model": ctx.student.model_id, "error": None if p in labels else "no label", "run_id": ctx.run_id,
             "scored_at": now} for r, p in zip(rows, preds)]
     if out:
-        ctx.flush_llm_caches()
-        ctx.store.merge("predictions", frame(ctx.spark, PREDICTIONS, out), update=True)
+        ctx.commit_predictions(frame(ctx.spark, PREDICTIONS, out))
 
 
 def after_resolve(ctx, versions, judge, val: Sequence[dict], challenger: str) -> dict[str, Any]:

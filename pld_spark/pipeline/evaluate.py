@@ -274,9 +274,8 @@ def _store(ctx, scored, eval_rows, scoring, frame, evaluations) -> None:
         import pandas as pd
 
         allp = pd.concat([s.frame for s in scored.values()], ignore_index=True)
-        ctx.flush_llm_caches()
-        ctx.store.merge("predictions", scoring.to_predictions(scoring.results_to_spark(
-            ctx.spark, allp, [("prompt_version", "STRING"), ("condition", "STRING")]), ctx.run_id), update=True)
+        ctx.commit_predictions(scoring.to_predictions(scoring.results_to_spark(
+            ctx.spark, allp, [("prompt_version", "STRING"), ("condition", "STRING")]), ctx.run_id))
     if eval_rows:
         ctx.store.merge("evaluations", frame(ctx.spark, evaluations, eval_rows), update=True)
     ctx.collect_usage(ctx.student, STAGE)

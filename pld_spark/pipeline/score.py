@@ -174,9 +174,8 @@ def run(ctx, prompt_version: str | None = None, input_ref: str | None = None) ->
 
     def store(results) -> tuple[int, int]:
         preds = scoring.to_predictions(results, ctx.run_id, prompt.version, CONDITION).cache()
-        ctx.flush_llm_caches()  # the answers behind this chunk, before the chunk itself
         try:
-            ctx.store.merge("predictions", preds, update=True)
+            ctx.commit_predictions(preds)  # the answers behind this chunk, before the chunk itself
             a = preds.agg(F.count("*").alias("n"), F.count("error").alias("e"),
                           F.coalesce(F.sum("tokens_in"), F.lit(0)).alias("tin"),
                           F.coalesce(F.sum("tokens_out"), F.lit(0)).alias("tout")).first()

@@ -59,3 +59,25 @@ def test_run_context_flushes_built_clients_and_logs_a_failed_flush(caplog):
         ctx.flush_llm_caches()
     assert ok.flushes == 1 and bad.flushes == 1
     assert "could not write the teacher's buffered responses" in caplog.text
+
+
+def test_commit_predictions_writes_the_cached_answers_before_the_rows():
+    from pld_spark.config import load_config
+    from pld_spark.context import RunContext
+    from tests.conftest import CONF
+
+    events: list = []
+
+    class Cache(Recorded):
+        def flush(self):
+            events.append("flush")
+            return super().flush()
+
+    class Store:
+        def merge(self, table, df, update=False):
+            events.append(("merge", table, df, update))
+
+    ctx = RunContext(load_config(CONF / "stereoset.yaml", []), command="test")
+    ctx.replace(student=_client(Cache()), store=Store())
+    ctx.commit_predictions("rows")
+    assert events == ["flush", ("merge", "predictions", "rows", True)]
