@@ -160,3 +160,28 @@ def test_sentence_transformers_embedder_points_at_the_same_folder(folder):
     for name in (None, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         emb = build_embedder(EmbedderConfig(type="sentence_transformers", model=name, condition_only=False))
         assert emb.source == str(folder)  # never a hub id: nothing to download
+
+
+@pytest.mark.spark
+def test_a_cluster_run_on_the_defaults_embeds_with_minilm_and_gives_every_label_a_cluster(make_ctx):
+    """base.yaml's defaults (embedder auto, DBSCAN per label from the k-distance knee) on Spark + Delta:
+    the installed MiniLM is used and recorded, and no label is left without a cluster."""
+    import json
+
+    from pld_spark.pipeline import cluster
+    from tests.distill_fakes import seed_examples, seed_micro, synthetic_examples
+
+    ctx = make_ctx("stereoset.yaml")
+    assert (ctx.cfg.cluster.embedder.type, ctx.cfg.cluster.clusterer.eps) == ("auto", None)
+    rows = synthetic_examples(5, "train")
+    seed_examples(ctx, rows + synthetic_examples(1, "val"))
+    seed_micro(ctx, rows)
+    counts = cluster.run(ctx)
+    got = ctx.store.read("instruction_clusters").where(f"cluster_run_id = '{ctx.run_id}'").collect()
+    assert counts["embedder"] == "minilm(all-minilm-l6-v2)" and {r.embedder for r in got} == {counts["embedder"]}
+    groups = json.loads(got[0].params)["groups"]
+    assert set(groups) == set(ctx.cfg.task.label_names)
+    for g in groups.values():
+        assert g["eps_from"] == "k-distance knee" and 0.05 <= g["eps"] <= 0.8
+    clustered = {r.label for r in got if r.cluster_id >= 0}
+    assert clustered == set(ctx.cfg.task.label_names)

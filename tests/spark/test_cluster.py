@@ -22,7 +22,10 @@ def test_all_four_clusterers_run_from_config_and_noise_is_kept(make_ctx):
                          "ELSE 'Gluon lattice chromodynamics spacing, race' END WHERE example_id LIKE 'train-odd-%'")
     seen = {}
     for kind in ("dbscan", "hdbscan", "kmeans", "agglomerative"):
+        # TF-IDF at eps 0.4: the seeded keyword rules fall into 4 groups and the odd ones are noise
+        # (the default embedder, MiniLM, in a real cluster run: tests/integration/test_embedder_minilm.py)
         ctx = make_ctx("stereoset.yaml", [f"cluster.clusterer.type={kind}", "cluster.clusterer.min_samples=3",
+                                          "cluster.clusterer.eps=0.4", "cluster.embedder.type=tfidf_svd",
                                           "cluster.clusterer.n_clusters=4", "cluster.group_by=null"])
         counts = cluster.run(ctx)
         got = ctx.store.read("instruction_clusters").where(f"cluster_run_id = '{ctx.run_id}'").collect()

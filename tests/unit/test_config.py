@@ -18,8 +18,9 @@ def test_task_configs_load_and_are_frozen():
     cfg = load_config(CONF / "stereoset.yaml")
     assert cfg.task.label_names == ["gender", "profession", "race", "religion"]
     # base.yaml values arrive under the task file's
-    assert cfg.cluster.embedder.type == "tfidf_svd"
-    assert cfg.cluster.clusterer.min_samples == 3
+    assert cfg.cluster.embedder.type == "auto" and cfg.student.calibration == "auto"
+    assert cfg.cluster.clusterer.eps is None and cfg.cluster.clusterer.min_samples is None  # the k-distance knee
+    assert cfg.extract.batch_size == 8  # the task file's, over base.yaml's 16
 
 
 def test_misspelt_key_names_key_and_file(tmp_path):
@@ -72,7 +73,7 @@ def test_extends_a_file_relative_to_the_task_file(tmp_path):
     cfg = load_config(task, ["extract.batch_size=3"])
     assert cfg.student.max_tokens == 4  # from team.yaml
     assert cfg.teacher.max_tokens == 77  # the task file wins over what it extends
-    assert cfg.student.calibration == "batch" and cfg.cluster.embedder.dims == 64  # team.yaml sits on base
+    assert cfg.student.calibration == "auto" and cfg.cluster.embedder.dims == 64  # team.yaml sits on base
     assert cfg.merged_from == (str(PACKAGED_CONF_DIR / "base.yaml"), str(team), str(task), "--set extract.batch_size=3")
 
 
