@@ -164,7 +164,8 @@ class ExtractConfig(_Model):
     batch_size: int = Field(16, ge=1, description="Rows written per Delta commit; a crash repeats at most one batch of calls.")
     max_in_flight: int = Field(4, ge=1, description="Concurrent teacher requests per Spark partition.")
     partitions: int | None = Field(None, ge=1, description="Spark partitions for the teacher map (default: spark parallelism).")
-    max_error_rate: float = Field(0.2, ge=0, le=1, description="Fail the stage if more than this share of rows errored.")
+    max_error_rate: float = Field(0.2, ge=0, le=1, description="Fail the stage if more than this share of the train "
+                                  "examples errored (of all of them, so a resumed run may retry a few failures).")
     max_calls: int | None = Field(
         None, ge=0, description="Budget: teacher calls this run may make at most (the first N pending ids); the rest "
                                 "stay pending for the next run, and later stages use the rules extracted so far. "

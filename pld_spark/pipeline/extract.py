@@ -167,6 +167,13 @@ def claim(store, ids: list[str], teacher_model: str, template_version: str, run_
     return [i for i in ids if i in owned]
 
 
+def over_error_budget(errors: int, n_examples: int, max_error_rate: float) -> bool:
+    """True when more than ``max_error_rate`` of the train examples errored. The share is of all of
+    them, not of this run's pending ones: a resumed run retrying the one example that failed before
+    must not fail at 1 of 1 when it is 1 of 64."""
+    return errors > max_error_rate * n_examples
+
+
 def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Extract rules for the pending train examples in crash-safe batches (see module doc)."""
     from pyspark.sql import functions as F
@@ -237,14 +244,14 @@ def run(ctx, client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
             ctx.record.add_counts(STAGE, **{**counts, "tokens_in": usage["tokens_in"],
                                              "tokens_out": usage["tokens_out"]})
             ctx.progress()
-            if counts["errors"] > ecfg.max_error_rate * len(todo):
+            if over_error_budget(counts["errors"], n_train, ecfg.max_error_rate):
                 break  # the budget can no longer be met: stop paying for calls
     finally:
         counts.update(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"])
         ctx.record.add_counts(STAGE, **counts)
-    if counts["sent"] and counts["errors"] > ecfg.max_error_rate * len(todo):
+    if counts["sent"] and over_error_budget(counts["errors"], n_train, ecfg.max_error_rate):
         raise StageError(
-            f"extract: {counts['errors']} of {counts['sent']} teacher calls failed ({len(todo)} pending), above "
-            f"max_error_rate={ecfg.max_error_rate}; the failed rows are in micro_instructions with their error "
-            f"and are retried by the next run")
+            f"extract: {counts['errors']} of {counts['sent']} teacher calls failed ({len(todo)} pending of "
+            f"{n_train} train examples), above max_error_rate={ecfg.max_error_rate}; the failed rows are in "
+            f"micro_instructions with their error and are retried by the next run")
     return counts

@@ -83,7 +83,8 @@ def test_claims_errors_budget_and_resume_against_a_real_teacher(make_ctx, teache
     srv.failing.add(ids[2])
 
     # run 1: the live claim is skipped, the stale one taken over; ids[2]'s call fails -> over budget
-    with pytest.raises(StageError, match=r"extract: [1-3] of 3 teacher calls failed \(4 pending\), above "
+    with pytest.raises(StageError, match=r"extract: [1-3] of 3 teacher calls failed \(4 pending of 4 train "
+                                         r"examples\), above "
                                          r"max_error_rate=0.2; the failed rows are in micro_instructions"):
         extract.run(ctx)
     assert sorted(set(srv.sent())) == ids[1:]  # the live run's example was not paid for here
@@ -110,6 +111,25 @@ def test_claims_errors_budget_and_resume_against_a_real_teacher(make_ctx, teache
     assert set(again) == set(ids) and again[ids[2]].error is None and again[ids[2]].run_id == ctx2.run_id
     for i, r in ok.items():  # nothing successful was paid for twice or rewritten
         assert (again[i].run_id, again[i].created_at) == (r.run_id, r.created_at)
+
+
+def test_a_resumed_run_counts_its_errors_against_every_train_example(make_ctx, teacher_server):
+    """1 persistent failure of 20 is within a 0.2 budget in the run that meets it and in the run that
+    retries it alone (1 of 1 sent, but still 1 of 20 examples)."""
+    rows = synthetic_examples(5, "train")  # 20 examples
+    bad = sorted(r["example_id"] for r in rows)[3]
+    srv = teacher_server(rows)
+    srv.failing.add(bad)
+    ctx = _ctx(make_ctx, srv.url, "extract.batch_size=8", "extract.max_error_rate=0.2")
+    seed_examples(ctx, rows)
+    out1 = extract.run(ctx)
+    errored = {i for i, r in _micro(ctx).items() if r.error is not None}  # the model may fail one more
+    assert out1["sent"] == 20 and bad in errored and out1["errors"] == len(errored) <= 4
+    n = len(srv.log)
+    # only the failed ones are sent, and they fail again: k of k calls, but k of 20 examples
+    out2 = extract.run(_ctx(make_ctx, srv.url, "extract.batch_size=8", "extract.max_error_rate=0.2"))
+    assert set(srv.sent(n)) == errored and out2["sent"] == len(errored) and out2["already_done"] == 20 - len(errored)
+    assert out2["errors"] >= 1 and _micro(ctx)[bad].error is not None
 
 
 def test_max_calls_budget_leaves_the_rest_pending_for_the_next_run(make_ctx, teacher_server):

@@ -90,3 +90,11 @@ def test_pacer_and_rate_split():
     assert time.monotonic() - t0 >= 0.29
     w = worker_llm_config(CFG.teacher.model_copy(update={"requests_per_minute": 60, "tokens_per_minute": 1000}), 4)
     assert w.requests_per_minute is None and w.tokens_per_minute == 250
+
+
+def test_error_budget_is_a_share_of_every_train_example():
+    from pld_spark.pipeline.extract import over_error_budget
+
+    assert not over_error_budget(1, 64, 0.2)  # a resumed run retrying 1 failure of 64: 1 of 1 sent
+    assert not over_error_budget(12, 64, 0.2) and over_error_budget(13, 64, 0.2)
+    assert over_error_budget(1, 4, 0.2) and not over_error_budget(0, 0, 0.0)
