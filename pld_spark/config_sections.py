@@ -192,9 +192,8 @@ def _registered(kind: str, value: str) -> str:
 
 
 class EmbedderConfig(_Model):
-    type: str = Field("auto", description="A registered embedder (pld_spark/pipeline/embedders.py). auto: minilm "
-                      "when its weights package is installed (make run/test install it), else tfidf_svd with a "
-                      "warning; the cluster rows record which.")
+    type: str = Field("auto", description="A registered embedder (pld_spark/pipeline/embedders.py). auto: minilm if "
+                      "its weights package is installed (make install does), else tfidf_svd; cluster rows record which.")
 
     @field_validator("type")
     @classmethod

@@ -5,7 +5,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from pld_spark.context import HEARTBEAT_S, pid_alive, stale_reason
+from pld_spark.context import HEARTBEAT_S
+from pld_spark.liveness import pid_alive, stale_reason
 from pld_spark.storage.views import RUN_LEASE_S, VIEW_SQL
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
