@@ -88,7 +88,7 @@ def _exemplar(members: list[dict], label: str, max_chars: int) -> dict:
 
 def _judge(resp, task, members: list[dict], ccfg) -> tuple[str, str, str | None, str | None, str | None]:
     """(topic, instruction, raw label, canonical label, problem) of one consolidation answer."""
-    from pld_spark.prompts.teacher import keyword_triggers
+    from pld_spark.prompts.keywords import keyword_triggers
 
     if resp.error is not None:
         return "", "", None, None, f"teacher call failed: {resp.error_type or 'error'}: {resp.error}"[:1000]

@@ -7,8 +7,10 @@ extract resume key and of the response-cache key: change a template, bump its fi
 
 Validation is deliberately mechanical (the tiny default teacher writes weak rules and a junk
 rule must never crash a stage): a rule is valid when it is non-empty, within length bounds,
-names a label of the label set, is not a copy of the input and carries no prompt-injection
-pattern. Invalid rules are kept (with the reason) by the callers, never dropped silently.
+names a label of the label set, concludes no label but its own, is not a copy of the input and
+carries no prompt-injection pattern. Invalid rules are kept (with the reason) by the callers,
+never dropped silently. The keyword-trigger check of consolidated rules is
+:mod:`pld_spark.prompts.keywords`.
 """
 from __future__ import annotations
 
@@ -296,6 +298,30 @@ def mentioned_labels(text: str, label_names: Iterable[str]) -> list[str]:
     return found
 
 
+#: where a rule states its conclusion: "the label is X", "label: X", "classify it as X", "labelled X"
+_CONCLUSION = re.compile(
+    r"(?:\b(?:label|class|category|answer|verdict)\s*(?:is|should\s+be|will\s+be|must\s+be|becomes|=|:)"
+    r"|\b(?:label(?:l?ed)?|classif(?:y|ied)|tag(?:ged)?|mark(?:ed)?)\s+(?:(?:it|this|them)\s+)?as\b"
+    r"|\blabell?ed\b)\s*[\"'\u201c\u2018`]?", re.I)
+
+
+def concluded_labels(text: str, label_names: Iterable[str]) -> list[str]:
+    """Labels a rule *concludes* (right after "the label is", "classify it as", ...), in order,
+    unlike :func:`mentioned_labels`, which also counts "..., not religion" or a label named in the
+    condition."""
+    low = (text or "").lower()
+    variants = sorted(((v, name) for name in label_names for v in label_variants(name)), key=lambda t: -len(t[0]))
+    out: list[str] = []
+    for m in _CONCLUSION.finditer(low):
+        rest = low[m.end():]
+        for v, name in variants:
+            if rest.startswith(v) and not re.match(r"[a-z0-9]", rest[len(v):len(v) + 1]):
+                if name not in out:
+                    out.append(name)
+                break
+    return out
+
+
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -321,8 +347,9 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
                   limits: RuleLimits = RuleLimits()) -> tuple[bool, str | None]:
     """-> (valid, reason). Checks: non-empty, length bounds, names a label of the label set
     (the gold label counts even when it is not in ``label_names``; with ``require_label``, that
-    label), does not merely list the whole label set (3+ labels), not a copy of the input, no
-    prompt-injection pattern."""
+    label), concludes no label but its own (``require_label``, else ``gold_label``), does not
+    merely list the whole label set (3+ labels), not a copy of the input, no prompt-injection
+    pattern."""
     text = (rule or "").strip()
     if not text:
         return False, "empty rule"
@@ -336,6 +363,11 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
         return False, "rule names no label of the label set"
     if require_label and require_label not in named:
         return False, f"rule does not name its label '{require_label}'"
+    own = require_label or gold_label
+    if own:  # "[Entailment] If ..., the label is Contradiction": a rule must conclude its own label
+        other = [c for c in concluded_labels(text, names) if c != own]
+        if other:
+            return False, f"rule concludes '{other[0]}', not its label '{own}'"
     if len(label_names) >= 3 and set(label_names) <= set(named):
         return False, "rule lists the whole label set instead of deciding one label"
     if input_text:
@@ -349,48 +381,3 @@ def validate_rule(rule: str | None, label_names: Sequence[str], *, input_text: s
     if injection_flag(text):
         return False, "rule contains a prompt-injection pattern"
     return True, None
-
-
-# ----------------------------------------------------------------------------- keyword triggers
-_STOP = frozenset("""a an the and or but if then else of to in on at by for with from as is are was were be been being it
-its this that these those there their they them he she his her him we you your i me my our not no any some all each
-every one two label labels input inputs sentence sentences text context word words mention mentions mentioned
-mentioning refers refer referring about describes describe described describing contains contain containing
-includes include including talks talk like such other than more most less when which who whom whose what where
-how case cases rule rules group groups type types kind kinds general specific named name names given people
-person persons someone somebody man men woman women thing things member members often usually very also""".split())
-_TOKEN = re.compile(r"[a-z0-9][a-z0-9'\-]*")
-
-
-def _phrases(text: str) -> set[str]:
-    """Content unigrams (3+ letters) and bigrams of ``text`` (lowercased), plus quoted spans."""
-    low = text.lower()
-    words = [w.strip("'-") for w in _TOKEN.findall(low)]
-    content = [w for w in words if len(w) >= 3 and w not in _STOP]
-    grams = set(content)
-    grams |= {f"{a} {b}" for a, b in zip(words, words[1:]) if a not in _STOP and b not in _STOP and len(a) > 2
-              and len(b) > 2}
-    grams |= {q.strip().lower() for q in re.findall(r"['\"\u2018\u201c]([^'\"\u2019\u201d]{3,40})['\"\u2019\u201d]", text)}
-    return {g for g in grams if g}
-
-
-def keyword_triggers(instruction: str, members: Sequence[str], task, min_members: int = 3) -> list[str]:
-    """Phrases of a consolidated ``instruction`` that only ONE member's text (its input; its rule
-    when the input is not known) contains: a rule that hinges on such a phrase ("caring mommy",
-    "yemen") is a keyword trigger for one training example, not the shared condition of the cluster. Words of the task
-    header (description, label names and descriptions) are never triggers. Empty when the
-    cluster has fewer than ``min_members`` members (nothing to generalise over)."""
-    if len(members) < min_members:
-        return []
-    header = _phrases(" ".join([task.description, *task.label_names,
-                                *(lab.description for lab in task.labels)]))
-    lows = [" " + " ".join(_TOKEN.findall(m.lower())) + " " for m in members]
-    out = []
-    for p in sorted(_phrases(instruction) - header):
-        if any(w in header for w in p.split()):
-            continue
-        hits = sum(1 for m in lows if f" {p} " in m)
-        if hits == 1:
-            out.append(p)
-    # report the longest phrases only (a bigram covers its words)
-    return [p for p in out if not any(p != q and p in q.split() for q in out)]

@@ -4,7 +4,7 @@ from pld_spark.llm.types import ChatResponse
 from pld_spark.pipeline.consolidate import sample_members, transform
 from pld_spark.prompts.rules import build_prompt
 from pld_spark.prompts.student import approx_tokens
-from pld_spark.prompts.teacher import keyword_triggers
+from pld_spark.prompts.keywords import keyword_triggers
 from tests.conftest import CONF
 
 TASK = load_config(CONF / "stereoset.yaml").task

@@ -2,9 +2,10 @@
 import pytest
 
 from pld_spark.config import LabelSpec, TaskConfig
-from pld_spark.prompts.teacher import (RuleLimits, copy_overlap, injection_flag, load_template, mentioned_labels,
-                                       parse_consolidate, parse_extract, parse_operations, render_consolidate,
-                                       render_extract, render_resolve, response_json, truncate, validate_rule)
+from pld_spark.prompts.teacher import (RuleLimits, concluded_labels, copy_overlap, injection_flag, load_template,
+                                       mentioned_labels, parse_consolidate, parse_extract, parse_operations,
+                                       render_consolidate, render_extract, render_resolve, response_json, truncate,
+                                       validate_rule)
 
 TASK = TaskConfig(name="nli", description="Decide entailment.", labels=[
     LabelSpec(name="Entailment", description="states it"), LabelSpec(name="Contradiction", description="opposite"),
@@ -83,6 +84,29 @@ def test_valid_rule_and_gold_label_counts():
     ok, why = validate_rule("If entailment, contradiction, not mentioned", NAMES)
     assert not ok and "whole label set" in why
     assert validate_rule("If A, Entailment, else Contradiction.", NAMES)[0]  # two of three labels is a rule
+
+
+def test_a_rule_must_conclude_its_own_label():
+    # seen in the 1.5B Contract-NLI run: an extracted rule for an Entailment example, kept as a medoid
+    r6 = ("If the contract states that the Recipient shall not use the Confidential Information, the label is "
+          "Contradiction.")
+    assert concluded_labels(r6, NAMES) == ["Contradiction"]
+    ok, why = validate_rule(r6, NAMES, gold_label="Entailment")
+    assert not ok and why == "rule concludes 'Contradiction', not its label 'Entailment'"
+    assert validate_rule(r6, NAMES, gold_label="Contradiction") == (True, None)
+    # two rules in one, concluding two labels (also seen there)
+    r8 = ("If the contract does not mention the hypothesis, the label is NotMentioned. If the contract requires "
+          "written notice, then the label is Contradiction.")
+    assert concluded_labels(r8, NAMES) == ["NotMentioned", "Contradiction"]
+    assert "concludes 'NotMentioned'" in validate_rule(r8, NAMES, require_label="Contradiction")[1]
+    # naming another label in the condition or as a contrast is fine; so is any conclusion form
+    for ok_rule in ("If the contract says nothing about it, the label is not mentioned.",
+                    "Label it as NotMentioned when the contract is silent, even if it reads like Entailment.",
+                    "If a clause looks like Entailment but is silent on the hypothesis, classify as 'NotMentioned'.",
+                    "If nothing decides it, the label is NotMentioned, not Contradiction."):
+        assert concluded_labels(ok_rule, NAMES) == ["NotMentioned"], ok_rule
+        assert validate_rule(ok_rule, NAMES, require_label="NotMentioned") == (True, None), ok_rule
+    assert concluded_labels("If the job is named, profession.", ["profession"]) == []  # no conclusion phrase
 
 
 def test_injection_patterns():
