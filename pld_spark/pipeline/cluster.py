@@ -125,6 +125,7 @@ def run(ctx, embedder=None) -> dict[str, Any]:
                       "group_by": group_col, "include_invalid": ccfg.include_invalid, "groups": used},
                      sort_keys=True)
     now = datetime.now(timezone.utc)
+    emb_name = describe(ccfg.embedder)  # once: for 'auto' it looks up the installed model
 
     def _num(v, cast):
         return None if v != v else cast(v)  # NaN -> NULL
@@ -132,7 +133,7 @@ def run(ctx, embedder=None) -> dict[str, Any]:
     rows = [{"cluster_run_id": ctx.run_id, "micro_id": r.micro_id, "example_id": r.example_id, "label": r.label,
              "cluster_id": int(r.cluster_id), "cluster_size": _num(r.cluster_size, int),
              "label_purity": _num(r.label_purity, float), "dist_to_centroid": _num(r.dist_to_centroid, float),
-             "embedder": describe(ccfg.embedder), "clusterer": ccfg.clusterer.type, "params": prm,
+             "embedder": emb_name, "clusterer": ccfg.clusterer.type, "params": prm,
              "run_id": ctx.run_id, "created_at": now, "group_key": r.group_key, "assignment": r.assignment}
             for r in out.itertuples(index=False)]
     if rows:
@@ -148,7 +149,7 @@ def run(ctx, embedder=None) -> dict[str, Any]:
               "largest_cluster": max(sizes) if sizes else 0,
               "mean_label_purity": round(float(out.loc[out.cluster_id >= 0, "label_purity"].mean()), 4)
               if clusters else None,
-              "embedder": describe(ccfg.embedder), "clusterer": ccfg.clusterer.type, "group_by": group_col,
+              "embedder": emb_name, "clusterer": ccfg.clusterer.type, "group_by": group_col,
               "cluster_run_id": ctx.run_id}
     ctx.record.add_counts(STAGE, **counts)
     return counts
