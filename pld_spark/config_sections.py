@@ -146,10 +146,10 @@ class LLMConfig(_Model):
         "num_cpus, else this host's cores shared among its model processes); more threads than cores makes "
         "llama.cpp ~60x slower, not 2x.")
     calibration: Literal["auto", "none", "content_free", "batch"] = Field(
-        "auto", description="Student label-score calibration. auto: chosen per prompt on the validation split (none, "
-        "validation-centred, prior-corrected or fitted per-label offsets) and stored with the prompt version, so "
-        "scoring applies it row by row; none; content_free (+1 call per batch); batch (centre over the scored batch: "
-        "assumes balanced labels).")
+        "auto", description="Student label-score calibration. auto: chosen per prompt on val (none, centred, "
+        "prior-corrected or fitted per-label offsets), stored with the prompt version and applied row by row; none; "
+        "content_free (+1 call per batch); batch (centre over the scored batch: assumes balanced labels).")
+    calibration_folds: int = Field(5, ge=0, description="auto: candidates judged by k-fold cross-validation on val (0/1: in-sample).")
     cache: bool = Field(True, description="Content-addressed response cache (memory + Delta table llm_cache).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options passed through.")
 

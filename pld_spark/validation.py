@@ -48,7 +48,8 @@ class PromptJudge:
     over the scored rows (``none``, ``batch``). ``prior``: train label counts (for ``prior``)."""
 
     def __init__(self, student, labels: Sequence[str], calibration: str = "auto",
-                 prior: dict[str, float] | None = None, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0):
+                 prior: dict[str, float] | None = None, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
+                 folds: int = 5):
         self.student = student
         self.labels = list(labels)
         self.calibration = "batch" if calibration == "content_free" else calibration
@@ -56,12 +57,14 @@ class PromptJudge:
         self.batch_size = batch_size
         self.bootstrap = bootstrap
         self.seed = seed
+        self.folds = folds
 
     @classmethod
     def from_ctx(cls, ctx, train_rows: Sequence[dict] | None = None, **kw) -> "PromptJudge":
         prior = dict(Counter(r["label"] for r in train_rows)) if train_rows else None
         return cls(ctx.student, ctx.cfg.task.label_names, ctx.cfg.student.calibration, prior,
-                   bootstrap=ctx.cfg.evaluate.bootstrap, seed=ctx.cfg.evaluate.seed, **kw)
+                   bootstrap=ctx.cfg.evaluate.bootstrap, seed=ctx.cfg.evaluate.seed,
+                   folds=ctx.cfg.student.calibration_folds, **kw)
 
     def raw(self, text: str, rows: Sequence[dict]) -> list[dict[str, float] | None]:
         """Raw label log-probabilities per row (None where the student failed)."""
@@ -83,7 +86,7 @@ class PromptJudge:
         """Score ``text`` on ``rows`` and choose its calibration on them (the validation split)."""
         raw = self.raw(text, rows)
         gold = [r["label"] for r in rows]
-        cal: Calibration | str = (choose(raw, gold, self.labels, self.prior) if self.calibration == "auto"
+        cal: Calibration | str = (choose(raw, gold, self.labels, self.prior, folds=self.folds) if self.calibration == "auto"
                                   else self.calibration)
         preds = self.predict(raw, cal)
         return Scored(text, cal, preds, macro_f1(gold, preds, self.labels), raw)

@@ -22,7 +22,10 @@ whatever the batch:
   labels; this puts the real label frequencies back);
 - ``fitted``: offsets fitted to maximise validation macro-F1 (coordinate search from ``prior``).
 
-:func:`choose` scores every candidate on validation and keeps the best (ties: the simpler).
+:func:`choose` keeps the candidate with the best *cross-validated* macro-F1 on validation (ties: the
+simpler), then fits it on the whole split. Cross-validation matters because ``fitted`` is tuned on
+the rows that judge it: scored in-sample it can never lose to ``prior`` (it starts there and keeps
+only gains), even where a rare label has three validation rows and its offset is noise.
 Every function returns probabilities over exactly the given labels that sum to 1.
 """
 from __future__ import annotations
@@ -111,6 +114,9 @@ class Calibration:
     offsets: dict[str, float] = field(default_factory=dict)
     val_macro_f1: dict[str, float] = field(default_factory=dict)
     n_val: int = 0
+    #: each candidate's macro-F1 on out-of-fold validation rows (what the choice used; empty when
+    #: the split was too small to cross-validate, then ``val_macro_f1`` decided)
+    cv_macro_f1: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -121,7 +127,8 @@ class Calibration:
             return None
         d = json.loads(text)
         return cls(d["method"], {k: float(v) for k, v in (d.get("offsets") or {}).items()},
-                   {k: float(v) for k, v in (d.get("val_macro_f1") or {}).items()}, int(d.get("n_val") or 0))
+                   {k: float(v) for k, v in (d.get("val_macro_f1") or {}).items()}, int(d.get("n_val") or 0),
+                   {k: float(v) for k, v in (d.get("cv_macro_f1") or {}).items()})
 
     def apply(self, raw: Sequence[Mapping[str, float] | None], labels: Sequence[str]) -> list[dict[str, float] | None]:
         """Calibrated probabilities per row (``None`` rows stay ``None``)."""
@@ -189,10 +196,66 @@ def fit_offsets(norm: Sequence[dict[str, float] | None], gold: Sequence[str], la
     return cur
 
 
+def _candidates(norm: Sequence[dict[str, float] | None], gold: Sequence[str], labels: Sequence[str],
+                prior: Mapping[str, float] | None, methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    centred = centring_offsets(norm, labels)
+    cands: dict[str, dict[str, float]] = {"none": {lab: 0.0 for lab in labels}, "val_centred": centred,
+                                          "prior": prior_offsets(centred, prior, labels)}
+    if "fitted" in methods:
+        cands["fitted"] = fit_offsets(norm, gold, labels, cands["prior"])
+    return cands
+
+
+def stratified_folds(gold: Sequence[str], k: int, seed: int = 0) -> list[int]:
+    """A fold number per row: each label's rows dealt round-robin over ``k`` folds after a seeded
+    shuffle, so every fold holds about 1/k of each label (deterministic for a seed)."""
+    import random
+
+    rng = random.Random(seed)
+    fold = [0] * len(gold)
+    start = 0
+    for lab in sorted(set(gold), key=str):
+        idx = [i for i, g in enumerate(gold) if g == lab]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            fold[i] = (start + j) % k
+        start += len(idx)  # the next label's first row goes to the next fold: folds stay the same size
+    return fold
+
+
+def cross_validated_scores(norm: Sequence[dict[str, float] | None], gold: Sequence[str], labels: Sequence[str],
+                           prior: Mapping[str, float] | None, methods: Sequence[str], folds: int,
+                           seed: int = 0) -> dict[str, float]:
+    """Macro-F1 of each method's out-of-fold predictions: the offsets are computed on k-1 folds
+    and predict the held-out one; the predictions of all folds are scored together."""
+    from pld_spark.metrics import macro_f1
+
+    fold = stratified_folds(gold, folds, seed)
+    pred: dict[str, list] = {m: [None] * len(gold) for m in methods}
+    for f in range(folds):
+        fit_i = [i for i in range(len(gold)) if fold[i] != f]
+        held = [i for i in range(len(gold)) if fold[i] == f]
+        if not held:
+            continue
+        cands = _candidates([norm[i] for i in fit_i], [gold[i] for i in fit_i], labels, prior, methods)
+        for m in methods:
+            for i, p in zip(held, _predict([norm[i] for i in held], labels, cands[m])):
+                pred[m][i] = p
+    return {m: macro_f1(gold, pred[m], labels) for m in methods}
+
+
+#: fewer validation rows than this: the candidates are judged in-sample (too few to hold rows out)
+MIN_ROWS_TO_CROSS_VALIDATE = 20
+
+
 def choose(raw: Sequence[Mapping[str, float] | None], gold: Sequence[str], labels: Sequence[str],
-           prior: Mapping[str, float] | None = None, methods: Sequence[str] = FIXED_METHODS) -> Calibration:
+           prior: Mapping[str, float] | None = None, methods: Sequence[str] = FIXED_METHODS,
+           folds: int = 5, seed: int = 0) -> Calibration:
     """The best fixed-offset calibration on validation (``raw``: the prompt's raw label scores of the
-    validation rows, ``gold`` their labels; ``prior``: train label counts or shares)."""
+    validation rows, ``gold`` their labels; ``prior``: train label counts or shares).
+
+    Chosen by ``folds``-fold cross-validated macro-F1 on those rows (``folds`` < 2, or fewer than
+    :data:`MIN_ROWS_TO_CROSS_VALIDATE` rows: in-sample macro-F1), then fitted on all of them."""
     from pld_spark.metrics import macro_f1
 
     labels = list(labels)
@@ -200,13 +263,12 @@ def choose(raw: Sequence[Mapping[str, float] | None], gold: Sequence[str], label
     if unknown:
         raise ValueError(f"unknown calibration methods {unknown}; expected some of {FIXED_METHODS}")
     norm = _norm_rows(raw, labels)
-    zero = {lab: 0.0 for lab in labels}
-    centred = centring_offsets(norm, labels)
-    cands: dict[str, dict[str, float]] = {"none": zero, "val_centred": centred,
-                                          "prior": prior_offsets(centred, prior, labels)}
-    if "fitted" in methods:
-        cands["fitted"] = fit_offsets(norm, gold, labels, cands["prior"])
+    cands = _candidates(norm, gold, labels, prior, methods)
     scores = {m: macro_f1(gold, _predict(norm, labels, cands[m]), labels) for m in methods}
-    best = max(methods, key=lambda m: (scores[m], -list(FIXED_METHODS).index(m)))
+    cv = (cross_validated_scores(norm, gold, labels, prior, methods, folds, seed)
+          if folds >= 2 and len(gold) >= MIN_ROWS_TO_CROSS_VALIDATE else {})
+    judge = cv or scores
+    best = max(methods, key=lambda m: (round(judge[m], 12), -list(FIXED_METHODS).index(m)))
     return Calibration(best, {k: round(v, 6) for k, v in cands[best].items()},
-                       {m: round(v, 6) for m, v in scores.items()}, n_val=len(gold))
+                       {m: round(v, 6) for m, v in scores.items()}, n_val=len(gold),
+                       cv_macro_f1={m: round(v, 6) for m, v in cv.items()})

@@ -96,8 +96,8 @@ def test_choose_picks_the_best_validation_calibration_and_round_trips():
 
     raw, gold = _skewed_rows()
     cal = choose(raw, gold, ["a", "b", "c"], prior={"a": 60, "b": 30, "c": 10})
-    assert set(cal.val_macro_f1) == {"none", "val_centred", "prior", "fitted"}
-    assert cal.val_macro_f1[cal.method] == max(cal.val_macro_f1.values())
+    assert set(cal.val_macro_f1) == set(cal.cv_macro_f1) == {"none", "val_centred", "prior", "fitted"}
+    assert cal.cv_macro_f1[cal.method] == max(cal.cv_macro_f1.values())  # the choice is the cross-validated best
     # the fitted offsets start from the prior's and only keep improvements
     assert cal.val_macro_f1["fitted"] >= cal.val_macro_f1["prior"]
     # applying the stored offsets reproduces the validation score of the choice
@@ -121,3 +121,86 @@ def test_prior_corrected_centring_stops_overpredicting_a_rare_label():
     n_c = gold.count("c")
     assert c_centred > 2 * n_c  # centring over-predicts the rare label
     assert abs(c_prior - n_c) < 0.3 * n_c < abs(c_centred - n_c)
+
+
+def test_old_stored_calibrations_without_cross_validation_scores_still_load():
+    from pld_spark.llm.calibrate import Calibration
+
+    old = '{"method": "fitted", "n_val": 32, "offsets": {"a": 0.0, "b": 1.5}, "val_macro_f1": {"fitted": 0.6}}'
+    cal = Calibration.from_json(old)
+    assert cal.method == "fitted" and cal.offsets == {"a": 0.0, "b": 1.5} and cal.cv_macro_f1 == {}
+
+
+def test_stratified_folds_spread_every_label_over_the_folds():
+    from collections import Counter
+
+    from pld_spark.llm.calibrate import stratified_folds
+
+    gold = ["a"] * 23 + ["b"] * 9 + ["c"] * 3
+    fold = stratified_folds(gold, 5, seed=1)
+    assert fold == stratified_folds(gold, 5, seed=1) and set(fold) == set(range(5))
+    for lab in "abc":
+        per_fold = Counter(f for f, g in zip(fold, gold) if g == lab)
+        assert max(per_fold.values()) - min(per_fold.get(f, 0) for f in range(5)) <= 1
+    sizes = Counter(fold).values()
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_cross_validated_scores_match_a_direct_computation():
+    """'none' has no parameters, so its out-of-fold score is its in-sample score; 'val_centred'
+    recomputed by hand, fold by fold, from the rows outside the fold."""
+    from pld_spark.llm.calibrate import (_norm_rows, _predict, centring_offsets, cross_validated_scores,
+                                         stratified_folds)
+    from pld_spark.metrics import macro_f1
+
+    labels = ["a", "b", "c"]
+    raw, gold = _skewed_rows(n=90, seed=5)
+    norm = _norm_rows(raw, labels)
+    cv = cross_validated_scores(norm, gold, labels, None, ("none", "val_centred"), folds=4, seed=2)
+    assert cv["none"] == pytest.approx(macro_f1(gold, _predict(norm, labels, {}), labels))
+    fold = stratified_folds(gold, 4, seed=2)
+    pred = [None] * len(gold)
+    for f in range(4):
+        offs = centring_offsets([n for n, k in zip(norm, fold) if k != f], labels)
+        for i in (i for i in range(len(gold)) if fold[i] == f):
+            pred[i] = _predict([norm[i]], labels, offs)[0]
+    assert cv["val_centred"] == pytest.approx(macro_f1(gold, pred, labels))
+
+
+def _noise_for_a_rare_label(seed):
+    """60 rows; 'a' and 'b' carry signal, the rare 'c' (3 rows) none: any offset for 'c' is fitted noise."""
+    import random
+
+    rng = random.Random(seed)
+    raw, gold = [], []
+    for _ in range(60):
+        g = rng.choices(["a", "b", "c"], weights=[0.5, 0.45, 0.05])[0]
+        raw.append({"a": rng.gauss(0, 1) + (1.5 if g == "a" else 0), "b": rng.gauss(0, 1) + (1.5 if g == "b" else 0),
+                    "c": rng.gauss(-1, 1)})
+        gold.append(g)
+    return raw, gold
+
+
+def test_fitted_offsets_do_not_win_by_being_judged_on_the_rows_they_were_fitted_to():
+    """In-sample, 'fitted' can never lose to 'prior' (it starts there and keeps only gains), so it
+    won on 32 Contract-NLI val rows with 3 Contradictions and then over-predicted that label on test.
+    Judged out of fold, the noise fit loses."""
+    from pld_spark.llm.calibrate import choose
+
+    raw, gold = _noise_for_a_rare_label(3)
+    assert gold.count("c") == 3
+    prior = {"a": 50, "b": 45, "c": 5}
+    in_sample = choose(raw, gold, ["a", "b", "c"], prior, folds=0)
+    assert in_sample.method == "fitted" and in_sample.cv_macro_f1 == {}
+    cal = choose(raw, gold, ["a", "b", "c"], prior, folds=5)
+    assert cal.method != "fitted"
+    assert cal.cv_macro_f1["fitted"] < cal.cv_macro_f1[cal.method]
+    assert cal.val_macro_f1["fitted"] > cal.val_macro_f1[cal.method]  # what the old choice went by
+
+
+def test_too_few_rows_to_cross_validate_fall_back_to_in_sample():
+    from pld_spark.llm.calibrate import MIN_ROWS_TO_CROSS_VALIDATE, choose
+
+    raw, gold = _skewed_rows(n=MIN_ROWS_TO_CROSS_VALIDATE - 1, seed=1)
+    cal = choose(raw, gold, ["a", "b", "c"], {"a": 60, "b": 30, "c": 10})
+    assert cal.cv_macro_f1 == {} and cal.val_macro_f1[cal.method] == max(cal.val_macro_f1.values())
