@@ -184,6 +184,9 @@ def run_bench(args) -> dict:
                                             "prompt_token_count", "prompt_tokens_mean", "prefix_reused_share",
                                             "errors", "prompt_version", "calibration", "engine", "note", "wall_s",
                                             "per_class", "confusion", "reused_from")})
+    chosen = calibration_evidence(ctx)
+    for c in conds:
+        c["calibration_evidence"] = chosen.get(c.get("prompt_version"))
     counts = {s["stage"]: s["counts"] for s in stages}
     prompts = {"pld_cluster": prompt_facts(ctx, (counts.get("consolidate") or {}).get("prompt_version")),
                "pld_selected": prompt_facts(ctx, (counts.get("select") or {}).get("selected_version")),
@@ -238,6 +241,16 @@ def print_tables(result: dict) -> None:
         if p:
             print(f"{k}: {p.get('prompt_version')} rules={p.get('rules')} tokens={p.get('token_count')} "
                   f"dropped={p.get('dropped_rules')}")
+
+
+def calibration_evidence(ctx) -> dict[str, dict]:
+    """prompt version -> the stored calibration choice of this run's student: method, offsets, and
+    every candidate's val macro-F1 in-sample and cross-validated (what decided)."""
+    if not ctx.store.exists("prompt_calibrations"):
+        return {}
+    student_id = f"{ctx.student.backend}:{ctx.student.model_id}"
+    rows = ctx.store.read("prompt_calibrations").where(f"student_model = '{student_id}'").collect()
+    return {r.prompt_version: json.loads(r.calibration) for r in rows if r.calibration}
 
 
 def main(argv=None) -> int:
