@@ -32,8 +32,8 @@ from _common import RESULTS_DIR, text_table, write_result  # noqa: E402
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "calibration": ("0. calibration chosen on validation -> batch centring (the old default)",
                     ["student.calibration=batch"]),
-    "calibration_cv": ("0b. calibration candidates judged by 5-fold cross-validation on val -> judged in-sample",
-                       ["student.calibration_folds=0"]),
+    "calibration_cv": ("0b. calibration candidates judged in-sample on val -> by 5-fold cross-validation",
+                       ["student.calibration_folds=5"]),
     "embedder": ("1. semantic embedder of rule conditions -> TF-IDF + SVD of whole rules",
                  ["cluster.embedder.type=tfidf_svd", "cluster.embedder.condition_only=false"]),
     "clustering": ("2. per-label clustering, eps from the data, central fallback -> one DBSCAN, eps 0.4, min_samples 6",

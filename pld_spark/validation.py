@@ -49,7 +49,7 @@ class PromptJudge:
 
     def __init__(self, student, labels: Sequence[str], calibration: str = "auto",
                  prior: dict[str, float] | None = None, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
-                 folds: int = 5):
+                 folds: int = 0):
         self.student = student
         self.labels = list(labels)
         self.calibration = "batch" if calibration == "content_free" else calibration

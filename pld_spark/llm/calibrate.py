@@ -22,10 +22,12 @@ whatever the batch:
   labels; this puts the real label frequencies back);
 - ``fitted``: offsets fitted to maximise validation macro-F1 (coordinate search from ``prior``).
 
-:func:`choose` keeps the candidate with the best *cross-validated* macro-F1 on validation (ties: the
-simpler), then fits it on the whole split. Cross-validation matters because ``fitted`` is tuned on
-the rows that judge it: scored in-sample it can never lose to ``prior`` (it starts there and keeps
-only gains), even where a rare label has three validation rows and its offset is noise.
+:func:`choose` keeps the candidate with the best macro-F1 on validation (ties: the simpler). Scored
+in-sample, ``fitted`` can never lose to ``prior`` (it starts there and keeps only gains), even where
+a rare label has three validation rows and its offset is noise. With ``folds`` >= 2 the candidates
+are judged by cross-validated macro-F1 instead and the winner is fitted on the whole split. That is
+an option, not the default: on the benchmarks it changed two choices of nine and neither helped on
+test (BENCHMARKS.md, issue 19).
 Every function returns probabilities over exactly the given labels that sum to 1.
 """
 from __future__ import annotations
@@ -114,8 +116,8 @@ class Calibration:
     offsets: dict[str, float] = field(default_factory=dict)
     val_macro_f1: dict[str, float] = field(default_factory=dict)
     n_val: int = 0
-    #: each candidate's macro-F1 on out-of-fold validation rows (what the choice used; empty when
-    #: the split was too small to cross-validate, then ``val_macro_f1`` decided)
+    #: each candidate's macro-F1 on out-of-fold validation rows (what decided, with folds >= 2; empty
+    #: when judged in-sample, the default, or when the split was too small to cross-validate)
     cv_macro_f1: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -250,12 +252,13 @@ MIN_ROWS_TO_CROSS_VALIDATE = 20
 
 def choose(raw: Sequence[Mapping[str, float] | None], gold: Sequence[str], labels: Sequence[str],
            prior: Mapping[str, float] | None = None, methods: Sequence[str] = FIXED_METHODS,
-           folds: int = 5, seed: int = 0) -> Calibration:
+           folds: int = 0, seed: int = 0) -> Calibration:
     """The best fixed-offset calibration on validation (``raw``: the prompt's raw label scores of the
     validation rows, ``gold`` their labels; ``prior``: train label counts or shares).
 
-    Chosen by ``folds``-fold cross-validated macro-F1 on those rows (``folds`` < 2, or fewer than
-    :data:`MIN_ROWS_TO_CROSS_VALIDATE` rows: in-sample macro-F1), then fitted on all of them."""
+    Chosen by in-sample macro-F1 on those rows, or with ``folds`` >= 2 (and at least
+    :data:`MIN_ROWS_TO_CROSS_VALIDATE` rows) by ``folds``-fold cross-validated macro-F1; the winner's
+    offsets are fitted on all of them."""
     from pld_spark.metrics import macro_f1
 
     labels = list(labels)

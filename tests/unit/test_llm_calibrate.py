@@ -96,8 +96,10 @@ def test_choose_picks_the_best_validation_calibration_and_round_trips():
 
     raw, gold = _skewed_rows()
     cal = choose(raw, gold, ["a", "b", "c"], prior={"a": 60, "b": 30, "c": 10})
-    assert set(cal.val_macro_f1) == set(cal.cv_macro_f1) == {"none", "val_centred", "prior", "fitted"}
-    assert cal.cv_macro_f1[cal.method] == max(cal.cv_macro_f1.values())  # the choice is the cross-validated best
+    assert set(cal.val_macro_f1) == {"none", "val_centred", "prior", "fitted"} and cal.cv_macro_f1 == {}
+    assert cal.val_macro_f1[cal.method] == max(cal.val_macro_f1.values())
+    cv = choose(raw, gold, ["a", "b", "c"], prior={"a": 60, "b": 30, "c": 10}, folds=5)
+    assert set(cv.cv_macro_f1) == set(cv.val_macro_f1) and cv.cv_macro_f1[cv.method] == max(cv.cv_macro_f1.values())
     # the fitted offsets start from the prior's and only keep improvements
     assert cal.val_macro_f1["fitted"] >= cal.val_macro_f1["prior"]
     # applying the stored offsets reproduces the validation score of the choice
@@ -202,5 +204,5 @@ def test_too_few_rows_to_cross_validate_fall_back_to_in_sample():
     from pld_spark.llm.calibrate import MIN_ROWS_TO_CROSS_VALIDATE, choose
 
     raw, gold = _skewed_rows(n=MIN_ROWS_TO_CROSS_VALIDATE - 1, seed=1)
-    cal = choose(raw, gold, ["a", "b", "c"], {"a": 60, "b": 30, "c": 10})
+    cal = choose(raw, gold, ["a", "b", "c"], {"a": 60, "b": 30, "c": 10}, folds=5)
     assert cal.cv_macro_f1 == {} and cal.val_macro_f1[cal.method] == max(cal.val_macro_f1.values())
