@@ -245,7 +245,7 @@ def print_tables(result: dict) -> None:
 
 def calibration_evidence(ctx) -> dict[str, dict]:
     """prompt version -> the stored calibration choice of this run's student: method, offsets, and
-    every candidate's val macro-F1 in-sample and cross-validated (what decided)."""
+    every candidate's val macro-F1 in-sample (and cross-validated with student.calibration_folds >= 2)."""
     if not ctx.store.exists("prompt_calibrations"):
         return {}
     student_id = f"{ctx.student.backend}:{ctx.student.model_id}"

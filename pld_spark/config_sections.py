@@ -149,7 +149,7 @@ class LLMConfig(_Model):
         "auto", description="Student label-score calibration. auto: chosen per prompt on val (none, centred, "
         "prior-corrected or fitted per-label offsets), stored with the prompt version and applied row by row; none; "
         "content_free (+1 call per batch); batch (centre over the scored batch: assumes balanced labels).")
-    calibration_folds: int = Field(0, ge=0, description="auto: >= 2 judges the candidates by k-fold cross-validation on val; 0: in-sample.")
+    calibration_folds: int = Field(0, ge=0, description="auto: >= 2 judges the candidates by k-fold cross-validation on val; 0/1: in-sample.")
     cache: bool = Field(True, description="Content-addressed response cache (memory + Delta table llm_cache).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options passed through.")
 

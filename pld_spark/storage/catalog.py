@@ -139,8 +139,8 @@ PROMPT_CALIBRATIONS = _t("prompt_calibrations", """
     prompt_version STRING, student_model STRING, method STRING, calibration STRING, val_macro_f1 DOUBLE,
     n_val BIGINT, run_id STRING, created_at TIMESTAMP""", keys=("prompt_version", "student_model"),
     doc="The calibration chosen for a prompt version and student on the validation split (student.calibration: "
-        "auto): method and per-label offsets as JSON, with every candidate's val macro-F1, in-sample and "
-        "cross-validated (the choice). Scoring applies it.")
+        "auto): method and per-label offsets as JSON, with every candidate's val macro-F1 (in-sample; also "
+        "cross-validated when student.calibration_folds >= 2). Scoring applies it.")
 
 RULE_EVALUATIONS = _t("rule_evaluations", """
     run_id STRING, prompt_version STRING, rule_id STRING, contribution DOUBLE, val_macro_f1_without DOUBLE,
