@@ -197,7 +197,7 @@ def test_fitted_offsets_do_not_win_by_being_judged_on_the_rows_they_were_fitted_
     cal = choose(raw, gold, ["a", "b", "c"], prior, folds=5)
     assert cal.method != "fitted"
     assert cal.cv_macro_f1["fitted"] < cal.cv_macro_f1[cal.method]
-    assert cal.val_macro_f1["fitted"] > cal.val_macro_f1[cal.method]  # what the old choice went by
+    assert cal.val_macro_f1["fitted"] > cal.val_macro_f1[cal.method]  # what the in-sample choice goes by
 
 
 def test_too_few_rows_to_cross_validate_fall_back_to_in_sample():
