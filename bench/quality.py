@@ -184,9 +184,8 @@ def run_bench(args) -> dict:
                                             "prompt_token_count", "prompt_tokens_mean", "prefix_reused_share",
                                             "errors", "prompt_version", "calibration", "engine", "note", "wall_s",
                                             "per_class", "confusion", "reused_from")})
-    chosen = calibration_evidence(ctx)
     for c in conds:
-        c["calibration_evidence"] = chosen.get(c.get("prompt_version"))
+        c["calibration_evidence"] = calibration_evidence(ctx, c.get("prompt_version"))
     counts = {s["stage"]: s["counts"] for s in stages}
     prompts = {"pld_cluster": prompt_facts(ctx, (counts.get("consolidate") or {}).get("prompt_version")),
                "pld_selected": prompt_facts(ctx, (counts.get("select") or {}).get("selected_version")),
@@ -243,14 +242,16 @@ def print_tables(result: dict) -> None:
                   f"dropped={p.get('dropped_rules')}")
 
 
-def calibration_evidence(ctx) -> dict[str, dict]:
-    """prompt version -> the stored calibration choice of this run's student: method, offsets, and
+def calibration_evidence(ctx, version: str | None) -> dict | None:
+    """The stored calibration choice of ``version`` for this run's student: method, offsets, and
     every candidate's val macro-F1 in-sample (and cross-validated with student.calibration_folds >= 2)."""
-    if not ctx.store.exists("prompt_calibrations"):
-        return {}
-    student_id = f"{ctx.student.backend}:{ctx.student.model_id}"
-    rows = ctx.store.read("prompt_calibrations").where(f"student_model = '{student_id}'").collect()
-    return {r.prompt_version: json.loads(r.calibration) for r in rows if r.calibration}
+    if not version:
+        return None
+    from pld_spark.prompts.versions import PromptVersions
+
+    cal = PromptVersions(ctx.store, ctx.cfg.task.name).calibration(
+        version, f"{ctx.student.backend}:{ctx.student.model_id}")
+    return json.loads(cal.to_json()) if cal is not None else None
 
 
 def main(argv=None) -> int:
