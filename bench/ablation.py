@@ -45,6 +45,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "loop": ("5. grouped failures, retry, paired acceptance -> flat failures, bare +min_delta",
              ["resolve.template_version=resolve-v1", "resolve.retry_empty=false", "resolve.accept_confidence=0.5"]),
     "exemplars": ("6b. one cluster-chosen example under each rule -> rules only", ["consolidate.exemplars=false"]),
+    "label_examples": ("6c. label examples (k-means medoids of each label's train inputs) after the rules -> "
+                       "one cluster exemplar under each rule", ["consolidate.label_examples=0",
+                                                                 "consolidate.exemplars=true"]),
 }
 CONDITIONS = '["zero_shot","zero_shot_bare","pld_resolved"]'
 

@@ -87,6 +87,7 @@ def prompt_facts(ctx, version: str | None) -> dict | None:
     if row is None:
         return {"prompt_version": version, "missing": True}
     return {"prompt_version": version, "kind": row.kind, "rules": len(row.rule_ids or []),
+            "label_examples": len(row.example_ids),
             "dropped_rules": len(row.dropped_rule_ids or []), "token_count": row.token_count,
             "token_budget": row.token_budget, "chars": len(row.text or ""), "text": row.text}
 

@@ -258,15 +258,15 @@ class ConsolidateConfig(_Model):
     keyword_retry: bool = Field(
         True, description="Give a keyword-trigger answer one more teacher call with that feedback (one more call "
         "per such cluster) before falling back to the medoid rule.")
-    exemplars: bool = Field(
-        True, description="Show one example under each rule: the input of its cluster's member nearest the centroid "
-        "(~40-100 more prompt tokens per rule, prefilled once per prompt with prefix reuse).")
-    exemplar_max_chars: int = Field(300, ge=20, description="Characters of a rule's example shown in the prompt.")
+    exemplars: bool = Field(True, description="Show one example under each rule: the input of its cluster's member "
+                            "nearest the centroid (~40-100 more prompt tokens per rule, prefilled once per prompt).")
+    exemplar_max_chars: int = Field(300, ge=20, description="Characters of a rule's (or label's) example shown.")
+    label_examples: int = Field(0, ge=0, description="Train examples per label after the rules: k-means medoids of "
+                                "the label's inputs, embedded with cluster.embedder (pld_spark/prompts/examples.py).")
     seed: int = 11
     prompt_token_budget: int = Field(1500, ge=64, description="Max student-prompt tokens; every token is prefilled per (uncached) request.")
     max_rules: int = Field(40, ge=1)
-    fallback_to_medoid: bool = Field(
-        True, description="If the teacher's consolidation fails validation, use the member rule nearest the centroid.")
+    fallback_to_medoid: bool = Field(True, description="A rejected consolidation: use the member nearest the centroid.")
 
 
 class SelectConfig(_Model):

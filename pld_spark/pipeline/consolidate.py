@@ -31,7 +31,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pld_spark.prompts.rules import Rule, build_prompt, canonical_label, rule_id
 from pld_spark.prompts.teacher import parse_consolidate, render_consolidate, validate_rule
@@ -303,10 +303,28 @@ def fallback_per_label(micro: list[dict], task, seed: int = 0) -> list[Rule]:
     return out
 
 
+def label_examples(ctx, rows: Sequence[dict]) -> list[dict]:
+    """The label examples of the prompt (:mod:`pld_spark.prompts.examples`): the medoids of
+    ``consolidate.label_examples`` k-means groups of each label's train ``rows``, embedded with
+    ``cluster.embedder`` (without its condition-only wrapper: inputs are not rules); [] when 0."""
+    from pld_spark.pipeline.embedders import build_embedder
+    from pld_spark.prompts.examples import label_medoids
+
+    cfg = ctx.cfg
+    if not cfg.consolidate.label_examples:
+        return []
+    embed = build_embedder(cfg.cluster.embedder.model_copy(update={"condition_only": False}),
+                           seed=cfg.cluster.clusterer.seed)
+    chosen = label_medoids(rows, embed, cfg.task.label_names, cfg.consolidate.label_examples, seed=cfg.consolidate.seed)
+    log.info("consolidate: %d label examples (%d per label)", len(chosen), cfg.consolidate.label_examples)
+    return chosen
+
+
 # ----------------------------------------------------------------------------- stage
 def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
     """Consolidate the latest clustering into rules, assemble and store the prompt, set the
     ``clustered`` alias. ``count_tokens`` defaults to the student's tokenizer."""
+    from pld_spark.prompts.examples import as_shots
     from pld_spark.prompts.versions import ALIAS_CLUSTERED, PromptVersion, PromptVersions
     from pld_spark.storage import readers
     from pld_spark.storage.writers import write_rules
@@ -337,10 +355,12 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
     write_rules(ctx, rules, cluster_run, readers.teacher_model_id(cfg.teacher))
 
     reviews = readers.latest_reviews(store)
+    shots = as_shots(label_examples(ctx, readers.example_rows(ctx, "train")), ccfg.exemplar_max_chars)
     built = build_prompt(cfg.task, [r.as_prompt_rule() for r in rules if r.valid], reviews,
                          count_tokens=count_tokens or ctx.student.count_tokens,
                          token_budget=ccfg.prompt_token_budget, max_rules=ccfg.max_rules,
-                         extra_pinned=readers.pinned_rules(store, cfg.task.name, reviews), exemplars=ccfg.exemplars)
+                         extra_pinned=readers.pinned_rules(store, cfg.task.name, reviews), exemplars=ccfg.exemplars,
+                         shots=shots)
     versions = PromptVersions(store, cfg.task.name)
     version, = versions.write(PromptVersion.from_assembled(
         cfg.task.name, KIND, built.assembled, review_ids=built.review_ids, dropped_rule_ids=built.dropped_rule_ids,
@@ -352,7 +372,7 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
         "invalid_rules": sum(not r.valid for r in rules), "prompt_version": version,
         "prompt_rules": len(built.assembled.rule_ids), "dropped_rules": len(built.dropped_rule_ids),
         "prompt_tokens": built.assembled.token_count, "token_budget": ccfg.prompt_token_budget,
-        "reviews_applied": len(built.review_ids),
+        "reviews_applied": len(built.review_ids), "label_examples": len(built.assembled.example_ids),
     }
     ctx.record.add_counts(STAGE, **counts)
     log.info("consolidate: prompt %s with %d rules (%d tokens)", version, len(built.assembled.rule_ids),

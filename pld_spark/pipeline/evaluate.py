@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from pld_spark.prompts.conditions import (Condition, baseline_versions, build_conditions, resolve_pld,
+from pld_spark.prompts.conditions import (Condition, baseline_versions, build_conditions, resolve_pld, shown_examples,
                                           reuse_plan, reused_result)
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def run(ctx, prompt_version: str | None = None) -> dict[str, Any]:
     promoted = versions.aliases().get(ALIAS_DISTILLED)
     head = next((r for r in ([pld.get("pld")] + [pld.get(n) for n in ("pld_resolved", "pld_selected", "pld_cluster")])
                  if r is not None and not isinstance(r, str)), None)
-    n_rules = len(versions.get(head.version).rule_ids) if head else 0
+    n_rules = shown_examples(versions.get(head.version), cfg.consolidate.exemplars) if head else 0
     conds, skipped = build_conditions(cfg, client.count_tokens, train, pld, n_rules=n_rules)
     for name, why in skipped.items():
         log.warning("evaluate: skipping %s: %s", name, why)

@@ -346,6 +346,7 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
     judge = PromptJudge.from_ctx(ctx, all_train)
     reviews = readers.latest_reviews(store)
     pinned = readers.pinned_rules(store, cfg.task.name, reviews)
+    shots = readers.prompt_shots(ctx, versions.get(start.version))  # the start prompt's label examples stay
     counter = count_tokens or ctx.student.count_tokens
 
     def propose(t: int, rules: list[dict], fails: list[dict], oks: list[dict]) -> Proposal:
@@ -364,7 +365,7 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
                    build=lambda rules: build_prompt(cfg.task, rules, reviews, count_tokens=counter,
                                                     token_budget=cfg.consolidate.prompt_token_budget,
                                                     max_rules=cfg.consolidate.max_rules, extra_pinned=pinned,
-                                                    exemplars=cfg.consolidate.exemplars))
+                                                    exemplars=cfg.consolidate.exemplars, shots=shots))
     zero = {n: judge.fit(assemble(cfg.task, count_tokens=counter, bare_labels=n.endswith("bare")).text, val)
             for n in ("zero_shot", "zero_shot_bare")}
     promote, why, stat = promotion(judge, val, res.best, zero, rcfg.accept_confidence)

@@ -91,12 +91,13 @@ def run(ctx) -> dict[str, Any]:
     judge = PromptJudge.from_ctx(ctx, train)
     reviews = readers.latest_reviews(store)
     pinned = readers.pinned_rules(store, cfg.task.name, reviews)
+    shots = readers.prompt_shots(ctx, versions.get(start.version))  # the start prompt's label examples stay
     built: dict[str, Any] = {}
 
     def fit(rs: list[dict]):
         b = build_prompt(cfg.task, rs, reviews, count_tokens=ctx.student.count_tokens,
                          token_budget=cfg.consolidate.prompt_token_budget, max_rules=cfg.consolidate.max_rules,
-                         extra_pinned=pinned, exemplars=cfg.consolidate.exemplars)
+                         extra_pinned=pinned, exemplars=cfg.consolidate.exemplars, shots=shots)
         s = judge.fit(b.assembled.text, val)
         built[b.assembled.version] = (b, s)
         return s

@@ -3,8 +3,9 @@
 - ``zero_shot``: the task header with label descriptions, no rules; ``zero_shot_bare``: label
   names only;
 - ``few_shot``: plus ``few_shot_k`` train examples (seeded, stratified as far as k allows);
-  ``few_shot_rules``: k = the number of rules of the PLD prompt under test (the same number of
-  examples as a rules-with-exemplars prompt shows);
+  ``few_shot_rules``: k = the number of examples the PLD prompt under test shows (one per rule
+  with ``consolidate.exemplars``, plus its label examples; :func:`shown_examples`), else its
+  number of rules;
 - ``pld_cluster``, ``pld_selected``, ``pld_resolved``: the prompts of aliases ``clustered``,
   ``selected``, ``resolved`` (or, for an explicit ``--prompt-version``, condition ``pld``);
 - ``cot``: the zero-shot prompt plus a short reasoning before the label.
@@ -52,6 +53,16 @@ def select_shots(train, k: int, labels: Sequence[str], seed: int) -> list[dict[s
             if pools[lab] and len(out) < k:
                 out.append(pools[lab].pop(0))
     return out
+
+
+def shown_examples(version, exemplars: bool) -> int:
+    """Examples a PLD prompt version shows: one per rule when ``exemplars`` is on, plus its label
+    examples (``example_ids``); its number of rules when it shows none (the k of
+    ``few_shot_rules``)."""
+    if version is None:
+        return 0
+    n = (len(version.rule_ids) if exemplars else 0) + len(version.example_ids)
+    return n or len(version.rule_ids)
 
 
 def _assembled(task, count_tokens, shots=(), bare_labels: bool = False):
@@ -157,7 +168,7 @@ def baseline_versions(task: str, conds: Sequence[Condition], run_id: str) -> lis
     """The zero/few-shot/cot prompts as prompt versions (so every prediction's version resolves)."""
     from pld_spark.prompts.versions import PromptVersion
 
-    return [PromptVersion(task=task, kind=c.kind, text=c.text, review_ids=tuple(c.shots),
+    return [PromptVersion(task=task, kind=c.kind, text=c.text, example_ids=tuple(c.shots),
                           token_count=int(c.token_count), run_id=run_id, prompt_version=c.prompt_version)
             for c in conds if c.kind in ("zero_shot", "few_shot", "cot")]
 

@@ -81,12 +81,13 @@ class BuiltPrompt:
 
 def build_prompt(task, rules: Sequence[dict], reviews: dict[str, dict], *, count_tokens: Callable[[str], int],
                  token_budget: int, max_rules: int | None = None, extra_pinned: Sequence[dict] = (),
-                 exemplars: bool = False) -> BuiltPrompt:
+                 exemplars: bool = False, shots: Sequence = ()) -> BuiltPrompt:
     """Apply reviews, cap at ``max_rules`` (pinned first, then by support), assemble within budget.
 
     ``rules``: dicts with rule_id, label, instruction, support, topic (and example_text,
     example_label). ``extra_pinned``: rules of the task pinned by a reviewer that are not in
-    ``rules`` (kept too). ``exemplars``: show each rule's example under it.
+    ``rules`` (kept too). ``exemplars``: show each rule's example under it. ``shots``: the label
+    examples (:class:`~pld_spark.prompts.student.FewShot`) shown after the rules.
     """
     from pld_spark.prompts.student import PromptRule, assemble
 
@@ -118,5 +119,5 @@ def build_prompt(task, rules: Sequence[dict], reviews: dict[str, dict], *, count
         keep = ranked[:max(max_rules, sum(p.pinned for p in candidates))]
         over_cap = [p.rule_id for p in ranked if p not in keep]
         candidates = [p for p in candidates if p in keep]
-    assembled = assemble(task, candidates, count_tokens=count_tokens, token_budget=token_budget)
+    assembled = assemble(task, candidates, shots=shots, count_tokens=count_tokens, token_budget=token_budget)
     return BuiltPrompt(assembled, sorted(used_reviews), over_cap + assembled.dropped_rule_ids, candidates)

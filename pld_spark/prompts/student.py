@@ -32,6 +32,7 @@ class PromptRule:
 class FewShot:
     input_text: str
     label: str
+    example_id: str | None = None  # the train example shown (recorded in the prompt's example_ids)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class AssembledPrompt:
     dropped_rule_ids: list[str] = field(default_factory=list)
     token_count: int = 0
     token_budget: int = 0
+    example_ids: list[str] = field(default_factory=list)  # train examples shown in the Examples block
 
     @property
     def sha256(self) -> str:
@@ -91,25 +93,41 @@ def _shots_block(shots: Sequence[FewShot]) -> str:
     return "\n\n".join(parts)
 
 
+def _round_robin(shots: Sequence[FewShot]) -> list[int]:
+    """Positions of ``shots`` taking each label's first example, then each label's second, ...
+    (the order examples are kept in under a token budget, so no label loses all of its own)."""
+    seen: dict[str, int] = {}
+    rank = []
+    for i, s in enumerate(shots):
+        rank.append((seen.get(s.label, 0), i))
+        seen[s.label] = seen.get(s.label, 0) + 1
+    return [i for _, i in sorted(rank)]
+
+
 def assemble(task, rules: Sequence[PromptRule] = (), shots: Sequence[FewShot] = (),
              count_tokens: Callable[[str], int] = approx_tokens, token_budget: int | None = None,
              bare_labels: bool = False) -> AssembledPrompt:
     """Build the system prompt. Greedy within the budget: pinned rules first, then the rest in
-    prompt order; a rule that does not fit is dropped and the next ones are still tried.
+    prompt order; a rule that does not fit is dropped and the next ones are still tried. Then the
+    examples (``shots``) that still fit, each label's first before any label's second; the kept
+    ones are shown in their given order (``example_ids``).
     ``bare_labels``: list the label names without their descriptions (a zero-shot variant)."""
-    def render(chosen: Sequence[PromptRule]) -> str:
+    def render(chosen: Sequence[PromptRule], shown: Sequence[FewShot] = ()) -> str:
         blocks = [_header(task, bare_labels)]
         if chosen:
             blocks.append(_rules_block(order_rules(chosen, task.label_names)))
-        if shots:
-            blocks.append(_shots_block(shots))
+        if shown:
+            blocks.append(_shots_block(shown))
         blocks.append(_footer(task))
         return "\n\n".join(blocks)
 
+    def ids(shown: Sequence[FewShot]) -> list[str]:
+        return [s.example_id for s in shown if s.example_id]
+
     ordered = order_rules(rules, task.label_names)
     if token_budget is None:
-        text = render(ordered)
-        return AssembledPrompt(text, [r.rule_id for r in ordered], [], count_tokens(text), 0)
+        text = render(ordered, shots)
+        return AssembledPrompt(text, [r.rule_id for r in ordered], [], count_tokens(text), 0, ids(shots))
     candidates = [r for r in ordered if r.pinned] + [r for r in ordered if not r.pinned]
     chosen: list[PromptRule] = []
     dropped: list[str] = []
@@ -122,6 +140,11 @@ def assemble(task, rules: Sequence[PromptRule] = (), shots: Sequence[FewShot] = 
             chosen.append(r)
         else:
             dropped.append(r.rule_id)
-    text = render(chosen)
+    kept: set[int] = set()
+    for i in _round_robin(shots):
+        if count_tokens(render(chosen, [shots[j] for j in sorted(kept | {i})])) <= token_budget:
+            kept.add(i)
+    shown = [shots[j] for j in sorted(kept)]
+    text = render(chosen, shown)
     final = order_rules(chosen, task.label_names)
-    return AssembledPrompt(text, [r.rule_id for r in final], dropped, count_tokens(text), token_budget)
+    return AssembledPrompt(text, [r.rule_id for r in final], dropped, count_tokens(text), token_budget, ids(shown))

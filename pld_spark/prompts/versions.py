@@ -64,6 +64,8 @@ class PromptVersion:
     run_id: str | None = None
     created_at: datetime | None = None
     prompt_version: str = field(default="")
+    #: train examples the prompt shows in its Examples block (consolidate.label_examples), in order
+    example_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.prompt_version:
@@ -82,13 +84,15 @@ class PromptVersion:
                    dropped_rule_ids=tuple(assembled.dropped_rule_ids if dropped_rule_ids is None else dropped_rule_ids),
                    review_ids=tuple(review_ids), token_count=int(assembled.token_count),
                    token_budget=int(assembled.token_budget) if assembled.token_budget else None,
-                   parent_version=parent_version, run_id=run_id)
+                   parent_version=parent_version, run_id=run_id,
+                   example_ids=tuple(getattr(assembled, "example_ids", ()) or ()))
 
     def row(self) -> dict[str, Any]:
         """The row keyed by column name."""
         d = asdict(self)
         d.update(sha256=self.sha256, rule_ids=list(self.rule_ids), dropped_rule_ids=list(self.dropped_rule_ids),
-                 review_ids=list(self.review_ids), created_at=self.created_at or datetime.now(timezone.utc))
+                 review_ids=list(self.review_ids), example_ids=list(self.example_ids),
+                 created_at=self.created_at or datetime.now(timezone.utc))
         return d
 
 
@@ -159,7 +163,7 @@ class PromptVersions:
             return None
         d = r.asDict()
         d.pop("sha256", None)
-        for k in ("rule_ids", "dropped_rule_ids", "review_ids"):
+        for k in ("rule_ids", "dropped_rule_ids", "review_ids", "example_ids"):
             d[k] = tuple(d.get(k) or ())
         return PromptVersion(**{k: v for k, v in d.items() if k in PromptVersion.__dataclass_fields__})
 

@@ -120,8 +120,11 @@ RULES = _t("rules", """
 PROMPTS = _t("prompts", """
     prompt_version STRING, task STRING, kind STRING, text STRING, sha256 STRING, parent_version STRING,
     rule_ids ARRAY<STRING>, dropped_rule_ids ARRAY<STRING>, review_ids ARRAY<STRING>, token_count INT,
-    token_budget INT, run_id STRING, created_at TIMESTAMP""", keys=("prompt_version",),
-    doc="Immutable student system prompts; prompt_version is derived from the text's sha256.")
+    token_budget INT, run_id STRING, created_at TIMESTAMP, example_ids ARRAY<STRING>""", keys=("prompt_version",),
+    added=("example_ids ARRAY<STRING>",),
+    doc="Immutable student system prompts; prompt_version is derived from the text's sha256. rule_ids: the rules "
+        "it shows; example_ids: the train examples of its Examples block (few-shot conditions, and rule prompts "
+        "with consolidate.label_examples).")
 
 RULE_REVIEWS = _t("rule_reviews", """
     review_id STRING, rule_id STRING, action STRING, new_text STRING, reviewer STRING, note STRING,

@@ -155,3 +155,24 @@ def scored_doc_ids(store, prompt_version: str, condition: str):
             .where((F.col("prompt_version") == prompt_version) & (F.col("condition") == condition)
                    & F.col("error").isNull())
             .select("doc_id"))
+
+
+def prompt_shots(ctx, version) -> list:
+    """The label examples of a stored prompt version (its ``example_ids``, in order) as
+    :class:`~pld_spark.prompts.student.FewShot`, so select and resolve re-assemble their prompts
+    with the same examples; [] when it shows none. An example that is not among the current
+    config's examples is a :class:`ContractError` naming it."""
+    from pyspark.sql import functions as F
+
+    from pld_spark.prompts.examples import as_shots
+
+    ids = list(getattr(version, "example_ids", ()) or ())
+    if not ids:
+        return []
+    got = {r.example_id: r.asDict() for r in current_examples(ctx).where(F.col("example_id").isin(ids))
+           .select("example_id", "input_text", "label").collect()}
+    missing = [i for i in ids if i not in got]
+    if missing:
+        raise ContractError(f"prompt {version.prompt_version} shows examples that are not among this dataset "
+                            f"config's examples: {missing[:5]}; run `pld consolidate` again to choose new ones")
+    return as_shots([got[i] for i in ids], ctx.cfg.consolidate.exemplar_max_chars)

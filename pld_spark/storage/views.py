@@ -62,6 +62,17 @@ LEFT JOIN links l ON l.rule_id = pr.rule_id
 LEFT JOIN {micro_instructions} mi ON mi.micro_id = l.micro_id
 LEFT JOIN {instruction_clusters} ic ON ic.micro_id = l.micro_id AND ic.cluster_run_id = r.cluster_run_id
 """,
+    # The examples a prompt version shows (few-shot conditions, and the label examples of a rule
+    # prompt with consolidate.label_examples), in prompt order.
+    "prompt_examples": """
+WITH shown AS (
+  SELECT p.task, p.prompt_version, p.kind, e.pos + 1 AS position, e.example_id
+  FROM {prompts} p LATERAL VIEW posexplode(p.example_ids) e AS pos, example_id
+)
+SELECT s.task, s.prompt_version, s.kind, s.position, s.example_id, x.split, x.label, x.input_text
+FROM shown s
+LEFT JOIN {examples} x ON x.example_id = s.example_id
+""",
     # Which reviews changed (were applied by) a prompt version.
     "prompt_reviews": """
 WITH used AS (
@@ -215,6 +226,8 @@ VIEW_DOCS: dict[str, str] = {
                          "with the text as shipped.",
     "rule_lineage": "Prompt version -> rule -> cluster -> micro-instruction -> example id (rules added by the "
                     "conflict loop link to the examples that round showed the teacher).",
+    "prompt_examples": "The train examples a prompt version shows (few-shot conditions; label examples of a rule "
+                       "prompt with consolidate.label_examples), in prompt order, with label and input.",
     "prompt_reviews": "Which human reviews a prompt version applied.",
     "prompt_metrics": "Every prompt version with its evaluations and the conflict loop's val macro-F1.",
     "predictions_per_label_day": "Bulk-scoring volume per prompt version, condition, day and label.",

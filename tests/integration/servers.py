@@ -626,7 +626,7 @@ def seed_prompt(ctx, rules=(), kind: str = "test", count_tokens=None) -> str:
     p = assemble(ctx.cfg.task, list(rules), **({"count_tokens": count_tokens} if count_tokens else {}))
     row = {"prompt_version": p.version, "task": ctx.cfg.task.name, "kind": kind, "text": p.text,
            "sha256": p.sha256, "parent_version": None, "rule_ids": p.rule_ids, "dropped_rule_ids": [],
-           "review_ids": [], "token_count": p.token_count, "token_budget": 0, "run_id": "seed",
+           "review_ids": [], "example_ids": [], "token_count": p.token_count, "token_budget": 0, "run_id": "seed",
            "created_at": datetime.now(timezone.utc)}
     ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(row[c] for c in PROMPTS.columns)], PROMPTS.ddl))
     return p.version

@@ -21,7 +21,10 @@ TINY = ["dataset.sample.train=8", "dataset.sample.val=6", "dataset.sample.test=8
         # they give a run whose select or loop writes a child prompt version, which the README's prompt_diff
         # query needs to return rows (the new defaults are covered by test_distill_real_model)
         "cluster.embedder.type=tfidf_svd", "cluster.clusterer.eps=0.4", "cluster.clusterer.min_samples=3",
-        "student.calibration=batch"]
+        "student.calibration=batch",
+        # one label example per label: select and resolve re-assemble their prompts with the clustered prompt's
+        # examples, and the README's prompt_examples query has rows
+        "consolidate.label_examples=1"]
 
 
 def _job(fn, lakehouse: Path, reports: Path, *extra: str) -> None:
@@ -107,6 +110,23 @@ def test_lineage_reaches_examples_for_every_rule(spark, small_run):
     lin = {r.example_id for r in store.sql(f"SELECT example_id FROM rule_lineage WHERE prompt_version = '{pv}'")
            .collect()}
     assert lin <= ex
+
+
+def test_every_rule_prompt_keeps_the_clustered_prompts_label_examples(spark, small_run):
+    """consolidate chose one train example per label; select and the loop re-assembled their
+    prompts (from other rule sets) with the same examples, in the same order."""
+    store = _store(spark, small_run)
+    rows = store.sql("SELECT prompt_version, kind, example_ids, text FROM prompts "
+                     "WHERE kind IN ('pld_cluster', 'pld_selected', 'pld_resolved')").collect()
+    chosen = {tuple(r.example_ids or ()) for r in rows}
+    assert len(chosen) == 1, chosen
+    ids, = chosen
+    train = {r.example_id: r for r in store.read("examples").where("split = 'train'").collect()}
+    order = ["gender", "profession", "race", "religion"]
+    assert set(ids) <= set(train)
+    assert [train[i].label for i in ids] == [lab for lab in order if lab in {r.label for r in train.values()}]
+    assert len(rows) >= 2  # the clustered prompt and at least one child select or the loop re-assembled
+    assert all(f"{train[i].input_text[:60]}" in r.text for r in rows for i in ids)
 
 
 NOTEBOOKS = ["01_rule_tables_sql.ipynb", "02_compare_prompt_versions.ipynb"]

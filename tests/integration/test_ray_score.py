@@ -39,8 +39,8 @@ def add_prompt(ctx, version: str, text: str, alias: str | None = None, kind: str
 
     now = datetime.now(timezone.utc)
     rec = {"prompt_version": version, "task": ctx.cfg.task.name, "kind": kind, "text": text, "sha256": "x",
-           "parent_version": None, "rule_ids": [], "dropped_rule_ids": [], "review_ids": [], "token_count": 0,
-           "token_budget": None, "run_id": ctx.run_id, "created_at": now}
+           "parent_version": None, "rule_ids": [], "dropped_rule_ids": [], "review_ids": [], "example_ids": [],
+           "token_count": 0, "token_budget": None, "run_id": ctx.run_id, "created_at": now}
     ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(rec[c] for c in PROMPTS.columns)], PROMPTS.ddl))
     if alias:
         ctx.store.append("prompt_aliases", ctx.spark.createDataFrame(

@@ -46,7 +46,7 @@ def test_report_of_a_real_run_renders_non_blank(make_ctx, tmp_path):
     now = datetime.now(timezone.utc)
     rec = {"prompt_version": "pv-distilled", "task": "stereoset", "kind": "resolved", "text": text, "sha256": "x",
            "parent_version": None, "rule_ids": ["r1", "r2"], "dropped_rule_ids": [], "review_ids": [],
-           "token_count": 0, "token_budget": 1500, "run_id": "earlier", "created_at": now}
+           "example_ids": [], "token_count": 0, "token_budget": 1500, "run_id": "earlier", "created_at": now}
     ctx.store.merge("prompts", ctx.spark.createDataFrame([tuple(rec[c] for c in PROMPTS.columns)], PROMPTS.ddl))
     ctx.store.append("prompt_aliases", ctx.spark.createDataFrame(
         [("stereoset", "distilled", "pv-distilled", "resolve", "", now)], PROMPT_ALIASES.ddl))

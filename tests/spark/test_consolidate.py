@@ -76,3 +76,33 @@ def test_reviews_are_honoured_within_the_budget(make_ctx):
     assert "such as 'somali'" in text and "'mother'" not in text  # the edit is what the student sees
     assert review.show_prompt(roomy, "clustered") == text  # the alias moved to the newest prompt
     assert _models_built(ctx) | _models_built(tight) | _models_built(roomy) == set()
+
+
+def test_label_examples_are_chosen_from_train_stored_with_the_prompt_and_queryable(make_ctx):
+    from pld_spark.storage.readers import prompt_shots
+    from pld_spark.storage.views import create_views
+
+    ctx = _seeded(make_ctx, "consolidate.label_examples=2", "cluster.embedder.type=tfidf_svd",
+                  "consolidate.exemplars=false")
+    counts = consolidate.run(ctx, count_tokens=approx_tokens)
+    assert counts["label_examples"] == 8 and _models_built(ctx) == set()
+    versions = PromptVersions(ctx.store, "stereoset")
+    v = versions.get(counts["prompt_version"])
+    train = {r["example_id"]: r for r in synthetic_examples(4, "train")}
+    assert len(v.example_ids) == 8 and set(v.example_ids) <= set(train)  # train rows only, never val
+    assert [train[i]["label"] for i in v.example_ids] == [lab for lab in ctx.cfg.task.label_names for _ in (0, 1)]
+    for i in v.example_ids:  # each is shown with its gold label after the rules
+        assert f"{train[i]['input_text']}\nLabel: {train[i]['label']}" in v.text
+    assert v.text.index("Rules:") < v.text.index("Examples:")
+    # select and resolve re-assemble with the stored examples, in the same order
+    assert [s.example_id for s in prompt_shots(ctx, v)] == list(v.example_ids)
+    # SQL: which examples does the clustered prompt show?
+    create_views(ctx.store)
+    got = ctx.store.sql(f"SELECT position, example_id, label FROM prompt_examples "
+                        f"WHERE prompt_version = '{v.prompt_version}' ORDER BY position").collect()
+    assert [(r.position, r.example_id) for r in got] == list(enumerate(v.example_ids, start=1))
+    # off: no Examples block, no example ids
+    off = consolidate.run(make_ctx("stereoset.yaml", [*NO_CLUSTERS, "consolidate.label_examples=0"]),
+                          count_tokens=approx_tokens)
+    assert "Examples:" not in versions.get(off["prompt_version"]).text
+    assert versions.get(off["prompt_version"]).example_ids == ()

@@ -10,10 +10,11 @@ def test_reviewer_defaults_to_user(monkeypatch):
 
 
 def test_view_sql_renders_bare_and_qualified_names():
-    assert set(VIEW_SQL) == {"live_prompt_rules", "rule_lineage", "prompt_reviews", "prompt_metrics",
+    assert set(VIEW_SQL) == {"live_prompt_rules", "rule_lineage", "prompt_examples", "prompt_reviews", "prompt_metrics",
                              "predictions_per_label_day", "run_status", "prompt_diff",
                              "drift_status"}
     assert tables_of(VIEW_SQL["rule_lineage"]) == ["instruction_clusters", "micro_instructions", "prompts", "rules"]
+    assert tables_of(VIEW_SQL["prompt_examples"]) == ["examples", "prompts"]
     q = view_sql("rule_lineage", lambda t: f"main.pld.{t}")
     assert "FROM main.pld.prompts p" in q and "{" not in q
     assert "FROM prompts p" in view_sql("rule_lineage")
