@@ -311,9 +311,11 @@ def label_examples(ctx, rows: Sequence[dict]) -> list[dict]:
     from pld_spark.prompts.examples import label_medoids
 
     cfg = ctx.cfg
+    ecfg = cfg.cluster.embedder
     if not cfg.consolidate.label_examples:
         return []
-    embed = build_embedder(cfg.cluster.embedder.model_copy(update={"condition_only": False}),
+    client = ctx.teacher if ecfg.type == "llamacpp" and not ecfg.model else None  # as pld cluster embeds rules
+    embed = build_embedder(ecfg.model_copy(update={"condition_only": False}), client=client,
                            seed=cfg.cluster.clusterer.seed)
     chosen = label_medoids(rows, embed, cfg.task.label_names, cfg.consolidate.label_examples, seed=cfg.consolidate.seed)
     log.info("consolidate: %d label examples (%d per label)", len(chosen), cfg.consolidate.label_examples)
