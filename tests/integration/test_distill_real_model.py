@@ -109,6 +109,17 @@ def test_distill_leaves_a_prompt_whose_rules_trace_back_to_examples(distilled):
     assert {r.via for r in rows} <= {"cluster", "resolve_round"}
     cl = store.sql(f"SELECT * FROM rule_lineage WHERE prompt_version = '{cons['prompt_version']}'").collect()
     assert cl and all(r.via == "cluster" and r.micro_id and r.micro_rule and r.example_label for r in cl)
+    # label examples (on by default): train rows, a label's first before its second, and every prompt
+    # that select and the loop re-assembled (accepted or rejected) shows the clustered prompt's examples
+    shown = clustered.example_ids
+    labels = {r.example_id: r.label for r in store.read("examples").where("split = 'train'").collect()}
+    assert shown and set(shown) <= set(labels) and len(shown) <= 3 * len(set(labels.values()))
+    order = distilled.ctx.cfg.task.label_names
+    assert [labels[i] for i in shown] == sorted((labels[i] for i in shown), key=order.index)
+    for p in store.read("prompts").where("kind IN ('pld_selected', 'pld_resolved', 'pld_rejected')").collect():
+        assert list(p.example_ids) == list(shown), p.prompt_version
+    listed = store.sql(f"SELECT example_id FROM prompt_examples WHERE prompt_version = '{final}' ORDER BY position")
+    assert [r.example_id for r in listed.collect()] == list(shown)
     metrics = {r.prompt_version: r for r in store.sql("SELECT * FROM prompt_metrics").collect()}
     assert metrics[final].loop_val_macro_f1 == pytest.approx(res["final_val_macro_f1"], abs=1e-3)
     status = store.sql(f"SELECT * FROM run_status WHERE run_id = '{distilled.run_id}'").collect()
