@@ -30,7 +30,8 @@ def label_medoids(rows: Sequence[dict], embed: Callable[[Sequence[str]], Any], l
 
     if per_label <= 0:
         return []
-    pool = sorted((r for r in rows if r.get("input_text") and r.get("label") in set(labels)),
+    wanted = set(labels)
+    pool = sorted((r for r in rows if r.get("input_text") and r.get("label") in wanted),
                   key=lambda r: r["example_id"])
     if not pool:
         return []
