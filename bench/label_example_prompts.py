@@ -29,16 +29,16 @@ def main() -> int:
     args = ap.parse_args()
     from pld_spark.context import RunContext
     from pld_spark.pipeline.embedders import MiniLMEmbedder
-    from pld_spark.prompts.examples import as_shots, label_medoids
+    from pld_spark.prompts.examples import SHOT_COLUMNS, as_shots, label_medoids
     from pld_spark.prompts.student import PromptRule, assemble
     from pld_spark.prompts.versions import PromptVersion, PromptVersions
     from pld_spark.storage.readers import example_rows
 
     cfg = load_cfg(args.config, args.set)
     ctx = RunContext(cfg, "bench-label-example-prompts")
-    chosen = label_medoids(example_rows(ctx, "train"), MiniLMEmbedder(), cfg.task.label_names, args.per_label,
+    chosen = label_medoids(example_rows(ctx, "train", SHOT_COLUMNS), MiniLMEmbedder(), cfg.task.label_names, args.per_label,
                            seed=args.seed)
-    shots = as_shots(chosen, cfg.consolidate.exemplar_max_chars)
+    shots = as_shots(chosen, cfg.consolidate.exemplar_max_chars, cfg.task.input_template)
     versions = PromptVersions(ctx.store, cfg.task.name)
     rules = [PromptRule(r["rule_id"], r["label"], r["instruction"], int(r.get("support") or 0))
              for r in versions.rules(args.rules_from)]

@@ -43,8 +43,12 @@ def truncate(text: str, max_tokens: int, chars_per_token: float) -> str:
     return cut.rstrip() + " [...]"
 
 
-def retrieve(sentences: list[str], query: str, max_tokens: int, chars_per_token: float) -> str:
-    """Keep the sentences most similar to ``query`` (TF-IDF cosine), in document order, up to the budget."""
+def retrieve(sentences: list[str], query: str, max_tokens: int, chars_per_token: float, *,
+             relevant_only: bool = False) -> str:
+    """Keep the sentences most similar to ``query`` (TF-IDF cosine), in document order, up to the budget.
+    ``relevant_only`` (an example shown in a prompt) keeps only sentences that share a term with the
+    query and counts the ``" [...] "`` between them in the budget; without it the budget counts one
+    character per gap, as ingest has always cut student inputs (stored inputs stay the same)."""
     if not sentences:
         return ""
     limit = budget_chars(max_tokens, chars_per_token)
@@ -63,9 +67,12 @@ def retrieve(sentences: list[str], query: str, max_tokens: int, chars_per_token:
     sims = cosine_similarity(m[-1], m[:-1]).ravel()
     order = sorted(range(len(sentences)), key=lambda i: (-sims[i], i))
     keep, used = [], 0
+    gap = len(" [...] ") if relevant_only else 1
     for i in order:
-        n = len(sentences[i]) + 1
-        if used + n > limit:
+        if relevant_only and sims[i] <= 0:
+            break
+        n = len(sentences[i]) + gap
+        if used + n > limit + (gap if relevant_only else 0):
             continue
         keep.append(i)
         used += n

@@ -76,13 +76,14 @@ def medoid(members: list[dict], label: str | None = None) -> dict:
     return min(pool, key=key)
 
 
-def _exemplar(members: list[dict], label: str, max_chars: int) -> dict:
-    """The rule's example: the input of the member nearest the centroid with the rule's label."""
-    from pld_spark.prompts.teacher import truncate
+def _exemplar(members: list[dict], label: str, max_chars: int, template: str | None = None) -> dict:
+    """The rule's example: the input of the member nearest the centroid with the rule's label, as
+    :func:`~pld_spark.prompts.examples.shot_input` shows it."""
+    from pld_spark.prompts.examples import shot_input
 
     m = medoid(members, label)
     text = m.get("input_text")
-    return {"example_id": m.get("example_id"), "example_text": truncate(text, max_chars) if text else None,
+    return {"example_id": m.get("example_id"), "example_text": shot_input(m, max_chars, template) if text else None,
             "example_label": m.get("label") if text else None}
 
 
@@ -168,13 +169,13 @@ def _consolidate(clusters: Mapping[int, list[dict]], task, teacher, ccfg,
         if problem is None:
             out.append(Rule(rule_id("consolidate", label, instruction, member_ids), cid, topic[:200], instruction,
                             label, len(members), "consolidate", member_ids,
-                            **_exemplar(members, label, ccfg.exemplar_max_chars)))
+                            **_exemplar(members, label, ccfg.exemplar_max_chars, task.input_template)))
         elif ccfg.fallback_to_medoid:
             m = medoid(members)
             out.append(Rule(rule_id("medoid", m["label"], m["rule"], member_ids), cid, topic[:200], m["rule"],
                             m["label"], len(members), "medoid", member_ids,
                             error=f"consolidation rejected: {problem}"[:2000],
-                            **_exemplar(members, m["label"], ccfg.exemplar_max_chars)))
+                            **_exemplar(members, m["label"], ccfg.exemplar_max_chars, task.input_template)))
         else:
             out.append(Rule(rule_id("consolidate", label or "", instruction, member_ids), cid, topic[:200],
                             instruction, label or (raw_label or ""), len(members), "consolidate", member_ids,
@@ -191,9 +192,15 @@ def fingerprint_settings(task, ccfg, teacher_cfg) -> dict[str, Any]:
 
     shaping = {"template_version", "max_members", "seed", "keyword_check", "keyword_retry", "exemplar_max_chars",
                "fallback_to_medoid"}
-    return {"task": task.model_dump(mode="json"), "consolidate": ccfg.model_dump(mode="json", include=shaping),
-            "teacher": teacher_model_id(teacher_cfg), "temperature": teacher_cfg.temperature,
-            "seed": teacher_cfg.seed, "max_tokens": teacher_cfg.max_tokens}
+    out = {"task": task.model_dump(mode="json"), "consolidate": ccfg.model_dump(mode="json", include=shaping),
+           "teacher": teacher_model_id(teacher_cfg), "temperature": teacher_cfg.temperature,
+           "seed": teacher_cfg.seed, "max_tokens": teacher_cfg.max_tokens}
+    if "{pair}" in task.input_template:
+        # A rule's stored exemplar of a pair input keeps the pair (shot_input); rules stored before
+        # that showed the head of the text without it, so they are not reused. Tasks without a pair
+        # render as before and keep their fingerprints (no teacher call repeated).
+        out["exemplar_input"] = "pair kept"
+    return out
 
 
 def cluster_fingerprint(member_micro_ids: Iterable[str], settings: Mapping[str, Any]) -> str:
@@ -326,7 +333,7 @@ def label_examples(ctx, rows: Sequence[dict]) -> list[dict]:
 def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
     """Consolidate the latest clustering into rules, assemble and store the prompt, set the
     ``clustered`` alias. ``count_tokens`` defaults to the student's tokenizer."""
-    from pld_spark.prompts.examples import as_shots
+    from pld_spark.prompts.examples import SHOT_COLUMNS, as_shots
     from pld_spark.prompts.versions import ALIAS_CLUSTERED, PromptVersion, PromptVersions
     from pld_spark.storage import readers
     from pld_spark.storage.writers import write_rules
@@ -357,7 +364,8 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
     write_rules(ctx, rules, cluster_run, readers.teacher_model_id(cfg.teacher))
 
     reviews = readers.latest_reviews(store)
-    shots = as_shots(label_examples(ctx, readers.example_rows(ctx, "train")), ccfg.exemplar_max_chars)
+    shots = as_shots(label_examples(ctx, readers.example_rows(ctx, "train", SHOT_COLUMNS)), ccfg.exemplar_max_chars,
+                     cfg.task.input_template)
     built = build_prompt(cfg.task, [r.as_prompt_rule() for r in rules if r.valid], reviews,
                          count_tokens=count_tokens or ctx.student.count_tokens,
                          token_budget=ccfg.prompt_token_budget, max_rules=ccfg.max_rules,

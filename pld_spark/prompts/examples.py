@@ -16,7 +16,7 @@ prompts with the same examples (:func:`pld_spark.storage.readers.prompt_shots`),
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 def label_medoids(rows: Sequence[dict], embed: Callable[[Sequence[str]], Any], labels: Sequence[str],
@@ -59,10 +59,34 @@ def label_medoids(rows: Sequence[dict], embed: Callable[[Sequence[str]], Any], l
     return out
 
 
-def as_shots(rows: Sequence[dict], max_chars: int) -> list:
-    """Rows (example_id, input_text, label) -> :class:`~pld_spark.prompts.student.FewShot`, inputs
-    cut to ``max_chars``."""
-    from pld_spark.prompts.student import FewShot
+SHOT_COLUMNS = ("example_id", "input_text", "label", "text", "pair")
+
+
+def shot_input(row: Mapping[str, Any], max_chars: int, template: str | None = None) -> str:
+    """The input an example in a prompt shows, in about ``max_chars``: the rendered ``input_text``
+    when it fits. Longer, an input with a ``pair`` (Contract-NLI's hypothesis) keeps the whole pair
+    and shows the sentences of its ``text`` most similar to the pair in the characters left (TF-IDF,
+    as the ``retrieve`` input policy, only sentences sharing a term with the pair), rendered with ``template``. Cutting the rendered input at
+    ``max_chars`` would show a contract's preamble and drop the hypothesis, so the example would not
+    say what it is an example of. Other inputs are cut at ``max_chars``."""
     from pld_spark.prompts.teacher import truncate
 
-    return [FewShot(truncate(r["input_text"], max_chars), r["label"], r["example_id"]) for r in rows]
+    rendered = row.get("input_text") or ""
+    pair, text = row.get("pair"), row.get("text")
+    if len(rendered) <= max_chars or not pair or not text or not template:
+        return truncate(rendered, max_chars)
+    from pld_spark.data.input_policy import regex_sentences, render_input, retrieve
+
+    room = max_chars - len(render_input("", pair, template))
+    if room < 80:  # the pair alone fills the budget: nothing of the text would fit
+        return truncate(rendered, max_chars)
+    body = retrieve(regex_sentences(text), pair, room, 1.0, relevant_only=True)
+    return render_input(body, pair, template) if body else truncate(rendered, max_chars)
+
+
+def as_shots(rows: Sequence[dict], max_chars: int, template: str | None = None) -> list:
+    """Rows (:data:`SHOT_COLUMNS`; ``text`` and ``pair`` optional) ->
+    :class:`~pld_spark.prompts.student.FewShot`, each input as :func:`shot_input` shows it."""
+    from pld_spark.prompts.student import FewShot
+
+    return [FewShot(shot_input(r, max_chars, template), r["label"], r["example_id"]) for r in rows]

@@ -90,7 +90,7 @@ def cluster_members(ctx, cluster_run: str, micro) -> dict[int, list[dict]]:
     group_key) of a clustering."""
     from pyspark.sql import functions as F
 
-    inputs = current_examples(ctx, "train").select("example_id", "input_text")
+    inputs = current_examples(ctx, "train").select("example_id", "input_text", "text", "pair")
     rows = (ctx.store.read("instruction_clusters").where(F.col("cluster_run_id") == cluster_run)
             .select("micro_id", "cluster_id", "dist_to_centroid", "group_key")
             .join(micro.select("micro_id", "example_id", "label", "rule"), "micro_id")
@@ -164,15 +164,15 @@ def prompt_shots(ctx, version) -> list:
     config's examples is a :class:`ContractError` naming it."""
     from pyspark.sql import functions as F
 
-    from pld_spark.prompts.examples import as_shots
+    from pld_spark.prompts.examples import SHOT_COLUMNS, as_shots
 
     ids = list(getattr(version, "example_ids", ()) or ())
     if not ids:
         return []
     got = {r.example_id: r.asDict() for r in current_examples(ctx).where(F.col("example_id").isin(ids))
-           .select("example_id", "input_text", "label").collect()}
+           .select(*SHOT_COLUMNS).collect()}
     missing = [i for i in ids if i not in got]
     if missing:
         raise ContractError(f"prompt {version.prompt_version} shows examples that are not among this dataset "
                             f"config's examples: {missing[:5]}; run `pld consolidate` again to choose new ones")
-    return as_shots([got[i] for i in ids], ctx.cfg.consolidate.exemplar_max_chars)
+    return as_shots([got[i] for i in ids], ctx.cfg.consolidate.exemplar_max_chars, ctx.cfg.task.input_template)

@@ -93,3 +93,29 @@ def test_under_a_tight_budget_rules_come_first_then_each_labels_first_example():
     assert roomy.example_ids == [s.example_id for s in shots]  # all fit: shown in the given order
     no_room = assemble(TASK, [rule], shots, count_tokens=approx_tokens, token_budget=rules_only)
     assert no_room.rule_ids == ["r1"] and no_room.example_ids == []
+
+
+def test_a_pair_example_keeps_its_pair_and_shows_the_sentences_about_it():
+    from pld_spark.data.input_policy import render_input
+    from pld_spark.prompts.examples import shot_input
+
+    template = "Contract: {text}\nHypothesis: {pair}"
+    text = ("THIS AGREEMENT is made between Acme Ltd and Beta plc on the date below. WHEREAS the parties wish to "
+            "discuss a venture. 2. Definitions in the schedule apply. 3. The Receiving Party may share Confidential "
+            "Information with its employees who need to know it. 4. This Agreement is governed by English law.")
+    pair = "Receiving Party may share some Confidential Information with some of its employees."
+    row = {"example_id": "c-1", "label": "Entailment", "input_text": render_input(text, pair, template),
+           "text": text, "pair": pair}
+    shown = shot_input(row, 260, template)
+    assert shown.endswith("\nHypothesis: " + pair)  # the whole hypothesis, which a head cut drops
+    assert "may share Confidential Information with its employees" in shown
+    assert "THIS AGREEMENT" not in shown and len(shown) <= 260
+    head = shot_input(row, 260)  # without the template: the old cut, hypothesis lost
+    assert "Hypothesis" not in head and head.startswith("Contract: THIS AGREEMENT")
+    # an input that fits, or one without a pair, is shown as rendered (cut at the budget)
+    assert shot_input(row, 10_000, template) == row["input_text"]
+    assert shot_input({**row, "pair": None}, 260, template) == head
+    assert as_shots([row], 260, template)[0].input_text == shown
+    # a text with no sentence about the pair falls back to the cut
+    unrelated = {**row, "pair": "Quantum zebras xylophone."}
+    assert shot_input(unrelated, 200, template) == shot_input({**unrelated, "pair": None}, 200, template)
