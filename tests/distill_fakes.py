@@ -54,7 +54,7 @@ def seed_examples(ctx, rows: list[dict]) -> None:
     recs = []
     for r in rows:
         d = {"example_id": r["example_id"], "task": ctx.cfg.task.name, "split": r["split"], "text": r["text"],
-             "pair": None, "input_text": r["input_text"], "label": r["label"], "doc_id": None, "source": "test",
+             "pair": r.get("pair"), "input_text": r["input_text"], "label": r["label"], "doc_id": None, "source": "test",
              "meta": None, "input_policy": "{}", "dataset_hash": h, "run_id": "seed", "ingested_at": now}
         recs.append(tuple(d[c] for c in EXAMPLES.columns))
     ctx.store.append("examples", ctx.spark.createDataFrame(recs, EXAMPLES.ddl))  # fresh table: no merge needed

@@ -106,3 +106,37 @@ def test_label_examples_are_chosen_from_train_stored_with_the_prompt_and_queryab
                           count_tokens=approx_tokens)
     assert "Examples:" not in versions.get(off["prompt_version"]).text
     assert versions.get(off["prompt_version"]).example_ids == ()
+
+
+def test_examples_of_a_pair_task_show_the_hypothesis_and_the_sentences_about_it(make_ctx):
+    """Contract-NLI: a label example is a long contract and a hypothesis. The prompt shows the whole
+    hypothesis and the contract sentences about it, not the contract's first characters."""
+    from pld_spark.data.input_policy import render_input
+    from pld_spark.storage.readers import prompt_shots
+
+    ctx = make_ctx("contractnli.yaml", [*NO_CLUSTERS, "consolidate.label_examples=1", "consolidate.exemplars=false",
+                                        "cluster.embedder.type=tfidf_svd", "consolidate.exemplar_max_chars=320"])
+    template = ctx.cfg.task.input_template
+    filler = " ".join(f"Clause {i}. The office opens on weekday {i} at noon." for i in range(40))
+    cases = {"Entailment": ("Receiving Party may share some Confidential Information with some employees.",
+                            "The Recipient may share Confidential Information with employees who need to know it."),
+             "Contradiction": ("Receiving Party shall destroy or return Confidential Information upon termination.",
+                               "Upon termination the Recipient may keep Confidential Information and need not "
+                               "destroy or return it."),
+             "NotMentioned": ("Agreement shall not grant Receiving Party any right to Confidential Information.",
+                              "Either party may end this Agreement on notice and Confidential Information stays secret.")}
+    rows = []
+    for lab, (hyp, key) in cases.items():
+        for i in range(2):
+            text = f"{filler} {key} {filler}"
+            rows.append({"example_id": f"train-{lab}-{i}", "label": lab, "split": "train", "text": text, "pair": hyp,
+                         "input_text": render_input(text[:1500], hyp, template)})
+    seed_examples(ctx, rows)
+    v = PromptVersions(ctx.store, "contractnli").get(consolidate.run(ctx, count_tokens=approx_tokens)["prompt_version"])
+    assert [i.split("-")[1] for i in v.example_ids] == ["Entailment", "Contradiction", "NotMentioned"]
+    shots = prompt_shots(ctx, v)
+    for shot in shots:
+        hyp, key = cases[shot.label]
+        assert shot.input_text == f"Contract: {key}\nHypothesis: {hyp}"  # only the sentence about it, whole pair
+        assert f"{shot.input_text}\nLabel: {shot.label}" in v.text
+    assert "Clause 0." not in v.text and "weekday" not in v.text
