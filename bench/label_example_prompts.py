@@ -36,8 +36,8 @@ def main() -> int:
 
     cfg = load_cfg(args.config, args.set)
     ctx = RunContext(cfg, "bench-label-example-prompts")
-    chosen = label_medoids(example_rows(ctx, "train", SHOT_COLUMNS), MiniLMEmbedder(), cfg.task.label_names, args.per_label,
-                           seed=args.seed)
+    chosen = label_medoids(example_rows(ctx, "train", SHOT_COLUMNS), MiniLMEmbedder(), cfg.task.label_names,
+                           args.per_label, seed=args.seed)
     shots = as_shots(chosen, cfg.consolidate.exemplar_max_chars, cfg.task.input_template)
     versions = PromptVersions(ctx.store, cfg.task.name)
     rules = [PromptRule(r["rule_id"], r["label"], r["instruction"], int(r.get("support") or 0))

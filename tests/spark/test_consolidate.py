@@ -124,7 +124,8 @@ def test_examples_of_a_pair_task_show_the_hypothesis_and_the_sentences_about_it(
                                "Upon termination the Recipient may keep Confidential Information and need not "
                                "destroy or return it."),
              "NotMentioned": ("Agreement shall not grant Receiving Party any right to Confidential Information.",
-                              "Either party may end this Agreement on notice and Confidential Information stays secret.")}
+                              "Either party may end this Agreement on notice and Confidential Information "
+                              "stays secret.")}
     rows = []
     for lab, (hyp, key) in cases.items():
         for i in range(2):
