@@ -266,7 +266,7 @@ class ConsolidateConfig(_Model):
     seed: int = 11
     prompt_token_budget: int = Field(1500, ge=64, description="Max student-prompt tokens; every token is prefilled per (uncached) request.")
     max_rules: int = Field(40, ge=1)
-    fallback_to_medoid: bool = Field(True, description="A rejected consolidation: use the member nearest the centroid.")
+    fallback_to_medoid: bool = Field(True, description="A rejected consolidation: the member nearest the centroid whose rule passes the rule checks.")
 
 
 class SelectConfig(_Model):

@@ -66,14 +66,26 @@ def sample_members(members: list[dict], max_members: int, seed: int, cluster_id:
     return sorted({m["micro_id"]: m for m in core + spread}.values(), key=lambda m: m["micro_id"])
 
 
+def _centrality(m: dict) -> tuple[float, str]:
+    d = m.get("dist_to_centroid")
+    return (float("inf") if d is None or d != d else d, m["micro_id"])
+
+
 def medoid(members: list[dict], label: str | None = None) -> dict:
     """The member nearest the centroid (of ``label`` when given and present; ties: smallest micro_id)."""
     pool = [m for m in members if label is None or m.get("label") == label] or members
+    return min(pool, key=_centrality)
 
-    def key(m):
-        d = m.get("dist_to_centroid")
-        return (float("inf") if d is None or d != d else d, m["micro_id"])
-    return min(pool, key=key)
+
+def valid_medoid(members: list[dict], label_names: Sequence[str]) -> dict | None:
+    """The member nearest the centroid whose rule passes today's rule checks for its own label
+    (``validate_rule``); None when none does. A micro-instruction stored before a check existed
+    can fail it: on Contract-NLI the medoid "..., the label is Contradiction" of an Entailment
+    example had stood in for a rejected consolidation."""
+    from pld_spark.prompts.teacher import validate_rule
+
+    return next((m for m in sorted(members, key=_centrality)
+                 if validate_rule(m.get("rule"), label_names, require_label=m.get("label"))[0]), None)
 
 
 def _exemplar(members: list[dict], label: str, max_chars: int, template: str | None = None) -> dict:
@@ -170,16 +182,16 @@ def _consolidate(clusters: Mapping[int, list[dict]], task, teacher, ccfg,
             out.append(Rule(rule_id("consolidate", label, instruction, member_ids), cid, topic[:200], instruction,
                             label, len(members), "consolidate", member_ids,
                             **_exemplar(members, label, ccfg.exemplar_max_chars, task.input_template)))
-        elif ccfg.fallback_to_medoid:
-            m = medoid(members)
+        elif ccfg.fallback_to_medoid and (m := valid_medoid(members, task.label_names)) is not None:
             out.append(Rule(rule_id("medoid", m["label"], m["rule"], member_ids), cid, topic[:200], m["rule"],
                             m["label"], len(members), "medoid", member_ids,
                             error=f"consolidation rejected: {problem}"[:2000],
                             **_exemplar(members, m["label"], ccfg.exemplar_max_chars, task.input_template)))
         else:
+            why = problem if not ccfg.fallback_to_medoid else f"{problem}; no member's rule passes the rule checks"
             out.append(Rule(rule_id("consolidate", label or "", instruction, member_ids), cid, topic[:200],
                             instruction, label or (raw_label or ""), len(members), "consolidate", member_ids,
-                            valid=False, invalid_reason=problem))
+                            valid=False, invalid_reason=why[:2000]))
     return out, len(retry), lost
 
 

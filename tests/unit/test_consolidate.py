@@ -116,3 +116,19 @@ def test_max_rules_keeps_pinned_then_support_and_extra_pinned():
                      extra_pinned=[old])
     assert set(b.assembled.rule_ids) == {"r11", "old", "r00", "r01"}
     assert set(b.dropped_rule_ids) == {f"r{i:02d}" for i in range(2, 11)}
+
+
+def test_the_medoid_fallback_skips_a_member_rule_that_fails_todays_checks():
+    """A micro-instruction stored before the wrong-label check (Contract-NLI: an Entailment example
+    whose rule concludes Contradiction) must not stand in for a rejected consolidation."""
+    wrong = {"micro_id": "m-wrong", "label": "gender", "dist_to_centroid": 0.01,
+             "rule": "If the input mentions 'mother', the label is profession."}
+    cs = {0: [wrong, *clusters()[0]]}
+    bad = [ChatResponse(data={"topic": "t", "instruction": "be nice to everybody", "label": "gender"})]
+    rule, = transform(cs, TASK, Canned(bad), ConsolidateConfig())
+    assert rule.origin == "medoid" and rule.valid and rule.label == "gender"
+    assert rule.instruction == clusters()[0][0]["rule"]  # the next-nearest member, not m-wrong
+    # when no member's rule passes, the cluster gets an invalid row that says why, not a wrong rule
+    only_wrong, = transform({0: [wrong]}, TASK, Canned(bad), ConsolidateConfig())
+    assert not only_wrong.valid and only_wrong.origin == "consolidate"
+    assert "no member's rule passes the rule checks" in only_wrong.invalid_reason
