@@ -63,12 +63,13 @@ SHOT_COLUMNS = ("example_id", "input_text", "label", "text", "pair")
 
 
 def shot_input(row: Mapping[str, Any], max_chars: int, template: str | None = None) -> str:
-    """The input an example in a prompt shows, in about ``max_chars``: the rendered ``input_text``
+    """The input an example in a prompt shows, in at most ``max_chars``: the rendered ``input_text``
     when it fits. Longer, an input with a ``pair`` (Contract-NLI's hypothesis) keeps the whole pair
     and shows the sentences of its ``text`` most similar to the pair in the characters left (TF-IDF,
-    as the ``retrieve`` input policy, only sentences sharing a term with the pair), rendered with ``template``. Cutting the rendered input at
-    ``max_chars`` would show a contract's preamble and drop the hypothesis, so the example would not
-    say what it is an example of. Other inputs are cut at ``max_chars``."""
+    as the ``retrieve`` input policy, only sentences sharing a term with the pair), rendered with
+    ``template``. Cutting the rendered input at ``max_chars`` would show a contract's preamble and
+    drop the hypothesis, so the example would not say what it is an example of. Other inputs, and a
+    pair none of whose sentences share a term, are cut at ``max_chars``."""
     from pld_spark.prompts.teacher import truncate
 
     rendered = row.get("input_text") or ""
