@@ -78,10 +78,8 @@ def medoid(members: list[dict], label: str | None = None) -> dict:
 
 
 def valid_medoid(members: list[dict], label_names: Sequence[str]) -> dict | None:
-    """The member nearest the centroid whose rule passes today's rule checks for its own label
-    (``validate_rule``); None when none does. A micro-instruction stored before a check existed
-    can fail it: on Contract-NLI the medoid "..., the label is Contradiction" of an Entailment
-    example had stood in for a rejected consolidation."""
+    """The member nearest the centroid whose rule passes today's ``validate_rule`` for its own label
+    (micro-instructions stored before a check was added may not); None when none does."""
     from pld_spark.prompts.teacher import validate_rule
 
     return next((m for m in sorted(members, key=_centrality)
