@@ -54,11 +54,8 @@ class SplitConfig(_Model):
 
 
 class SampleConfig(_Model):
-    """Caps per split after splitting (stratified, seeded). ``null`` keeps everything.
-
-    These are the biggest cost knobs: every train row is one teacher call in extract, and
-    every train/val row is one student call per resolve round.
-    """
+    """Caps per split after splitting (stratified, seeded); ``null`` keeps everything. The biggest cost
+    knobs: every train row is one teacher call in extract, every train/val row one student call per resolve round."""
 
     train: int | None = Field(None, ge=1, description="Train rows kept (one teacher call each in extract).")
     val: int | None = Field(None, ge=1, description="Val rows kept (one student call each per resolve round).")
@@ -263,6 +260,8 @@ class ConsolidateConfig(_Model):
     exemplar_max_chars: int = Field(300, ge=20, description="Characters of a rule's (or label's) example shown.")
     label_examples: int = Field(0, ge=0, description="Train examples per label after the rules: k-means medoids of "
                                 "the label's inputs, embedded with cluster.embedder (pld_spark/prompts/examples.py).")
+    group_priors: int = Field(0, ge=0, description="With cluster.group_by a column: one rule per group of at least this "
+                              "many train rows giving its train label counts (pld_spark/prompts/priors.py); 0: none.")
     seed: int = 11
     prompt_token_budget: int = Field(1500, ge=64, description="Max student-prompt tokens; every token is prefilled per (uncached) request.")
     max_rules: int = Field(40, ge=1)

@@ -9,16 +9,14 @@ non-empty, names a label, length bounds, no injection pattern); when it fails an
 cluster at all (a tiny model's few valid rules are all noise), one medoid rule per label is
 taken from the valid micro-instructions (``origin='medoid_label'``), so a prompt always exists.
 
-Incremental re-distillation. Each cluster's rule carries a fingerprint of what its
-consolidation depends on (:func:`cluster_fingerprint`: the sorted member micro-instruction ids,
-which already encode example, teacher and extract template, plus the task, the consolidate
-settings and template version, and the teacher and its sampling). When new labelled rows arrive
-and re-clustering leaves a cluster's membership unchanged (whatever its new cluster id), the rule
-stored under that fingerprint is reused as is, same ``rule_id`` (so reviews keep applying), and no
-request is even built; only new or changed clusters go to the teacher. A medoid fallback is
-reused too when the teacher answered (badly: rejected or malformed, which the same request would
-repeat), but not when the call brought back no answer (timeout, server error, ...): that cluster
-is sent again next run. The counts record ``clusters_reused`` and ``teacher_calls_saved``.
+Incremental re-distillation. Each cluster's rule carries a fingerprint of what its consolidation
+depends on (:func:`cluster_fingerprint`: the sorted member micro-instruction ids, which encode
+example, teacher and extract template, plus the task, consolidate settings, template, teacher and
+sampling). A cluster whose membership is unchanged (whatever its id) reuses the rule stored under
+that fingerprint, same ``rule_id`` (reviews keep applying), without building a request. A medoid
+fallback is reused too when the teacher answered (badly, which the same request would repeat), not
+when the call got no answer (timeout, ...). Counts: ``clusters_reused``, ``teacher_calls_saved``.
+With ``consolidate.group_priors``, each group's train label counts add a rule (pld_spark/prompts/priors.py).
 
 Rule ids, review application and prompt assembly are :mod:`pld_spark.prompts.rules` (with the
 student's tokenizer and ``consolidate.prompt_token_budget``); the prompt version is written and
@@ -84,6 +82,12 @@ def valid_medoid(members: list[dict], label_names: Sequence[str]) -> dict | None
 
     return next((m for m in sorted(members, key=_centrality)
                  if validate_rule(m.get("rule"), label_names, require_label=m.get("label"))[0]), None)
+
+
+def exemplar_ids(clusters: Mapping[int, list[dict]]) -> set[str]:
+    """The examples :func:`_exemplar` may show: each cluster's medoid, overall and per label."""
+    return {medoid(ms, lab)["example_id"] for c, ms in clusters.items() if c >= 0
+            for lab in {None, *(m.get("label") for m in ms)}}
 
 
 def _exemplar(members: list[dict], label: str, max_chars: int, template: str | None = None) -> dict:
@@ -320,30 +324,12 @@ def fallback_per_label(micro: list[dict], task, seed: int = 0) -> list[Rule]:
     return out
 
 
-def label_examples(ctx, rows: Sequence[dict]) -> list[dict]:
-    """The label examples of the prompt (:mod:`pld_spark.prompts.examples`): the medoids of
-    ``consolidate.label_examples`` k-means groups of each label's train ``rows``, embedded with
-    ``cluster.embedder`` (without its condition-only wrapper: inputs are not rules); [] when 0."""
-    from pld_spark.pipeline.embedders import build_embedder
-    from pld_spark.prompts.examples import label_medoids
-
-    cfg = ctx.cfg
-    ecfg = cfg.cluster.embedder
-    if not cfg.consolidate.label_examples:
-        return []
-    client = ctx.teacher if ecfg.type == "llamacpp" and not ecfg.model else None  # as pld cluster embeds rules
-    embed = build_embedder(ecfg.model_copy(update={"condition_only": False}), client=client,
-                           seed=cfg.cluster.clusterer.seed)
-    chosen = label_medoids(rows, embed, cfg.task.label_names, cfg.consolidate.label_examples, seed=cfg.consolidate.seed)
-    log.info("consolidate: %d label examples (%d per label)", len(chosen), cfg.consolidate.label_examples)
-    return chosen
-
-
 # ----------------------------------------------------------------------------- stage
 def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
     """Consolidate the latest clustering into rules, assemble and store the prompt, set the
     ``clustered`` alias. ``count_tokens`` defaults to the student's tokenizer."""
-    from pld_spark.prompts.examples import SHOT_COLUMNS, as_shots
+    from pld_spark.pipeline.prompt_extras import group_prior_rules, label_examples
+    from pld_spark.prompts.examples import as_shots
     from pld_spark.prompts.versions import ALIAS_CLUSTERED, PromptVersion, PromptVersions
     from pld_spark.storage import readers
     from pld_spark.storage.writers import write_rules
@@ -353,6 +339,8 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
     micro = readers.current_micro(ctx).select("micro_id", "example_id", "label", "rule").cache()
     cluster_run = readers.latest_cluster_run(ctx, micro.select("micro_id"))
     clusters = readers.cluster_members(ctx, cluster_run, micro) if cluster_run is not None else {}
+    texts = readers.example_texts(ctx, "train", exemplar_ids(clusters))  # only the texts an exemplar may show
+    clusters = {c: [{**m, "text": texts.get(m["example_id"])} for m in ms] for c, ms in clusters.items()}
     n_clusters = len([c for c in clusters if c >= 0])
     reuse: dict[str, int] = {"clusters_reused": 0, "clusters_consolidated": n_clusters, "teacher_calls": n_clusters,
                              "teacher_retries": 0, "teacher_unanswered": 0, "teacher_calls_saved": 0}
@@ -371,11 +359,11 @@ def run(ctx, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]
         log.warning("consolidate: the clustering has no clusters; falling back to one medoid rule per label")
         rules = fallback_per_label([r.asDict() for r in micro.collect()], cfg.task, seed=cfg.cluster.clusterer.seed)
     micro.unpersist()
+    rules = rules + group_prior_rules(ctx)
     write_rules(ctx, rules, cluster_run, readers.teacher_model_id(cfg.teacher))
 
     reviews = readers.latest_reviews(store)
-    shots = as_shots(label_examples(ctx, readers.example_rows(ctx, "train", SHOT_COLUMNS)), ccfg.exemplar_max_chars,
-                     cfg.task.input_template)
+    shots = as_shots(label_examples(ctx), ccfg.exemplar_max_chars, cfg.task.input_template)
     built = build_prompt(cfg.task, [r.as_prompt_rule() for r in rules if r.valid], reviews,
                          count_tokens=count_tokens or ctx.student.count_tokens,
                          token_budget=ccfg.prompt_token_budget, max_rules=ccfg.max_rules,

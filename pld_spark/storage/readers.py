@@ -53,6 +53,18 @@ def example_rows(ctx, split: str, columns: Sequence[str] = ("example_id", "input
     return sorted(rows, key=lambda r: r["example_id"])
 
 
+def example_texts(ctx, split: str, ids) -> dict[str, str]:
+    """example_id -> raw ``text`` of those current examples of ``split``: fetched for the few
+    examples a prompt shows, as a contract can run to tens of kB."""
+    from pyspark.sql import functions as F
+
+    ids = sorted({i for i in ids if i})
+    if not ids:
+        return {}
+    rows = current_examples(ctx, split).where(F.col("example_id").isin(ids)).select("example_id", "text").collect()
+    return {r.example_id: r.text for r in rows}
+
+
 # ----------------------------------------------------------------------------- micro-instructions
 def current_micro(ctx, include_invalid: bool | None = None):
     """Micro-instructions of the current train set, teacher and template, without errors
@@ -86,11 +98,11 @@ def latest_cluster_run(ctx, micro_ids_df) -> str | None:
 
 
 def cluster_members(ctx, cluster_run: str, micro) -> dict[int, list[dict]]:
-    """cluster_id -> member dicts (micro_id, example_id, label, rule, input_text, dist_to_centroid,
-    group_key) of a clustering."""
+    """cluster_id -> member dicts (micro_id, example_id, label, rule, input_text, pair,
+    dist_to_centroid, group_key) of a clustering; not the raw ``text`` (:func:`example_texts`)."""
     from pyspark.sql import functions as F
 
-    inputs = current_examples(ctx, "train").select("example_id", "input_text", "text", "pair")
+    inputs = current_examples(ctx, "train").select("example_id", "input_text", "pair")
     rows = (ctx.store.read("instruction_clusters").where(F.col("cluster_run_id") == cluster_run)
             .select("micro_id", "cluster_id", "dist_to_centroid", "group_key")
             .join(micro.select("micro_id", "example_id", "label", "rule"), "micro_id")

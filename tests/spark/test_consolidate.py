@@ -141,3 +141,32 @@ def test_examples_of_a_pair_task_show_the_hypothesis_and_the_sentences_about_it(
         assert shot.input_text == f"Contract: {key}\nHypothesis: {hyp}"  # only the sentence about it, whole pair
         assert f"{shot.input_text}\nLabel: {shot.label}" in v.text
     assert "Clause 0." not in v.text and "weekday" not in v.text
+
+
+def test_group_priors_add_one_stored_rule_per_hypothesis_to_the_prompt(make_ctx):
+    """consolidate.group_priors with cluster.group_by=pair: each hypothesis with enough train rows
+    and a single majority label gets a rule with its counts, stored in ``rules`` with the rows it
+    counted, and shown in the prompt; off (0), or grouped by label, there are none."""
+    ctx = make_ctx("contractnli.yaml", [*NO_CLUSTERS, "cluster.group_by=pair", "consolidate.group_priors=2"])
+    spec = {"Only technical information.": ["Contradiction", "Contradiction", "Entailment"],
+            "No solicitation.": ["NotMentioned", "NotMentioned"],
+            "Tied hypothesis.": ["Entailment", "Contradiction"], "Single row.": ["Entailment"]}
+    rows = [{"example_id": f"train-{h[:4]}-{i}", "label": lab, "split": "train", "text": "The clause.", "pair": h,
+             "input_text": f"Contract: The clause.\nHypothesis: {h}"}
+            for h, labels in spec.items() for i, lab in enumerate(labels)]
+    seed_examples(ctx, rows + [{**rows[0], "example_id": "val-0", "split": "val", "label": "NotMentioned"}])
+    counts = consolidate.run(ctx, count_tokens=approx_tokens)
+    assert counts["by_origin"] == {"group_prior": 2}
+    stored = {r.topic: r for r in ctx.store.read("rules").collect()}
+    assert sorted(stored) == ["No solicitation.", "Only technical information."]
+    tech = stored["Only technical information."]
+    assert tech.label == "Contradiction" and tech.support == 3 and tech.origin == "group_prior"
+    assert sorted(tech.source_example_ids) == ["train-Only-0", "train-Only-1", "train-Only-2"]  # not val-0
+    text = PromptVersions(ctx.store, "contractnli").get(counts["prompt_version"]).text
+    assert ('[Contradiction] If the hypothesis is "Only technical information.", the label is usually Contradiction '
+            '(2 of 3 training examples; Entailment 1).') in text
+    for off in ("consolidate.group_priors=0", "cluster.group_by=label"):
+        again = consolidate.run(make_ctx("contractnli.yaml", [*NO_CLUSTERS, "cluster.group_by=pair",
+                                                              "consolidate.group_priors=2", off]),
+                                count_tokens=approx_tokens)
+        assert "group_prior" not in again["by_origin"], off

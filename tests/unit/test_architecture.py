@@ -19,6 +19,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "pld_spark"
 STAGES = ("ingest", "extract", "cluster", "consolidate", "select", "resolve", "review", "score", "evaluate")
 REGISTRIES = ("clusterers", "embedders")
+#: a stage's helper module -> the one stage that may import it (a helper imports no stage)
+HELPERS = {"prompt_extras": "consolidate"}
 PROMPTS_MAY_USE = ("pld_spark.llm.types", "pld_spark.llm.jsonparse", "pld_spark.llm.calibrate")
 MAX_MODULE_LINES = 400
 MAX_RUN_LINES = 60
@@ -104,16 +106,24 @@ def stage_of(name: str) -> str | None:
 def test_no_stage_module_imports_another_stage():
     found = sorted(p.stem for p in (PKG / "pipeline").glob("*.py") if p.stem != "__init__")
     assert set(STAGES) <= set(found), f"stage modules missing from pld_spark/pipeline: {set(STAGES) - set(found)}"
-    unexpected = set(found) - set(STAGES) - set(REGISTRIES)
-    assert not unexpected, (f"pld_spark/pipeline has modules that are neither a stage {STAGES} nor a registry "
-                            f"{REGISTRIES}: {sorted(unexpected)}; classify them in this test")
+    unexpected = set(found) - set(STAGES) - set(REGISTRIES) - set(HELPERS)
+    assert not unexpected, (f"pld_spark/pipeline has modules that are neither a stage {STAGES}, a registry "
+                            f"{REGISTRIES} nor a stage's helper {sorted(HELPERS)}: {sorted(unexpected)}; classify "
+                            "them in this test")
     offences = []
-    for stem in STAGES:
+    for stem in (*STAGES, *HELPERS):
         path = PKG / "pipeline" / f"{stem}.py"
         for line, name in imported(parse(path), f"pld_spark.pipeline.{stem}"):
             other = stage_of(name)
             if other is not None and other != stem:
                 offences.append(f"pld_spark/pipeline/{stem}.py:{line} imports stage '{other}' ({name})")
+    for path in sorted(PKG.rglob("*.py")):
+        for line, name in imported(parse(path), module_name(path), is_package=path.stem == "__init__"):
+            helper = next((h for h in HELPERS if name == f"pld_spark.pipeline.{h}"
+                           or name.startswith(f"pld_spark.pipeline.{h}.")), None)
+            if helper and module_name(path) != f"pld_spark.pipeline.{HELPERS[helper]}":
+                offences.append(f"{path.relative_to(PKG.parent)}:{line} imports '{helper}', a helper of stage "
+                                f"'{HELPERS[helper]}' only")
     assert not offences, ("a stage imports another stage (read its stored output through "
                           "pld_spark.storage.readers instead):\n" + "\n".join(sorted(set(offences))))
 
