@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "label_examples": ("6c. label examples (k-means medoids of each label's train inputs) after the rules -> "
                        "one cluster exemplar under each rule", ["consolidate.label_examples=0",
                                                                  "consolidate.exemplars=true"]),
+    "group_priors": ("6d. one rule per group (Contract-NLI: hypothesis) with its train label counts -> none",
+                     ["consolidate.group_priors=0"]),
 }
 CONDITIONS = '["zero_shot","zero_shot_bare","pld_resolved"]'
 
