@@ -5,9 +5,10 @@ label examples (:mod:`pld_spark.prompts.examples`) and the group prior rules
 from __future__ import annotations
 
 import logging
+
 from pld_spark.prompts.rules import Rule
 
-log = logging.getLogger("pld_spark.pipeline.consolidate")
+log = logging.getLogger("pld_spark.pipeline.consolidate")  # its lines are consolidate's
 
 
 def label_examples(ctx) -> list[dict]:
