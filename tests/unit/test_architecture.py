@@ -2,6 +2,7 @@
 
 - a pipeline stage (``STAGES``) never imports another stage (stages talk through stored tables,
   read by ``pld_spark.storage.readers``); ``clusterers`` and ``embedders`` are plug-in registries;
+  a stage's helper module (``HELPERS``) is imported by that stage only;
 - ``pld_spark.prompts`` depends on the LLM layer only through its light modules
   (``llm.types``, ``llm.jsonparse``, ``llm.calibrate``: data types, JSON parsing and calibration
   arithmetic, no model code), never a backend;
