@@ -49,6 +49,9 @@ def main() -> int:
     res = json.loads(Path(args.result).read_text())
     cfg = load_cfg(args.config, args.set)
     column = cfg.cluster.group_by
+    if column in (None, "label"):
+        raise SystemExit(f"cluster.group_by is {column!r} in {args.config}: the reference needs a group column of "
+                         "the examples (Contract-NLI: pair); pass it with --set cluster.group_by=<column>")
     labels = res["evaluation_meta"]["labels"]
     ids, gold = res["test_gold"]["doc_ids"], res["test_gold"]["labels"]
     ctx = RunContext(cfg, "bench-group-majority")
