@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -41,6 +42,16 @@ class LoadedModel:
     formatter: Any = None
     loads: int = 1
     budget: Any = None  # pld_spark.llm.threads.ThreadBudget
+
+    @contextlib.contextmanager
+    def using(self):
+        """Hold ``lock`` for one model call, count this process as a model process meanwhile
+        (:func:`pld_spark.llm.threads.model_call`) and follow its share of the host's cores."""
+        from pld_spark.llm.threads import model_call
+
+        with self.lock, model_call():
+            self.refresh_threads()
+            yield
 
     def refresh_threads(self) -> None:
         """Follow this process's share of the host (only for a host-share budget): call with
@@ -198,8 +209,7 @@ class LlamaCppLLM(BaseLLM):
                                   "temperature": req.temperature, "seed": self.cfg.seed}
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
-        with m.lock:
-            m.refresh_threads()
+        with m.using():
             n_prompt = len(self.prompt_tokens(req.messages))
             if n_prompt >= m.n_ctx:
                 raise ContextLengthError(f"prompt has {n_prompt} tokens; the context window is {m.n_ctx} (n_ctx)")
@@ -256,9 +266,10 @@ class LlamaCppLLM(BaseLLM):
         label_toks = {lab: self._label_tokens(lab) for lab in labels}
         longest = max(len(t) for t in label_toks.values())
         out: list[LabelScores] = []
-        with m.lock:
-            m.refresh_threads()
-            for x in inputs:
+        with m.using():
+            for i, x in enumerate(inputs):
+                if i:  # a long batch follows a model process that starts meanwhile, row by row
+                    m.refresh_threads()
                 t0 = time.perf_counter()
                 toks = self.prompt_tokens([{"role": "system", "content": system}, {"role": "user", "content": x}])
                 if len(toks) + longest > m.n_ctx:
@@ -306,8 +317,7 @@ class LlamaCppLLM(BaseLLM):
         if not texts:
             return []
         t0 = time.perf_counter()
-        with m.lock:
-            m.refresh_threads()
+        with m.using():
             vecs = m.llama.embed([t if t.strip() else " " for t in texts], normalize=True, truncate=True)
         self._bump(calls=1, latency_s=time.perf_counter() - t0)
         return [list(map(float, v)) for v in vecs]

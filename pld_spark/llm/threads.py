@@ -13,12 +13,19 @@ order:
 3. otherwise (the driver, local Spark workers): this process's share of the host, the usable
    cores divided by the live processes on this host that hold a llama.cpp model
    (``source = "host-share"``). Each such process holds an ``flock`` on a file in a per-user
-   folder for as long as it lives (released by the kernel when it dies, so a killed process
+   folder while it uses its model (released by the kernel when it dies, so a killed process
    never counts), and the share is re-read before every model call, so a model that started
    alone gives up a thread when a second model process starts.
+
+A process counts from its first model call (:func:`model_call`) until ``PLD_MODEL_IDLE_S``
+seconds (default 20) after its last one: an idle process that still holds a model in memory
+does not count. Without this, a PySpark worker that ran the teacher in ``extract`` and was kept
+for reuse held its slot for the rest of the run, and the driver's selection pass ran with one
+thread of two (910 s for 64 val rows against ~450 s, seventh session).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -30,6 +37,8 @@ log = logging.getLogger(__name__)
 
 THREADS_ENV = "PLD_LLAMA_THREADS"
 REGISTRY_ENV = "PLD_MODEL_REGISTRY_DIR"
+IDLE_ENV = "PLD_MODEL_IDLE_S"
+DEFAULT_IDLE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -60,14 +69,27 @@ def registry_dir() -> Path:
     return p
 
 
+def idle_seconds() -> float:
+    """Seconds after its last model call that a process stops counting (``PLD_MODEL_IDLE_S``)."""
+    raw = os.environ.get(IDLE_ENV, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_IDLE_S
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %.0f", IDLE_ENV, raw, DEFAULT_IDLE_S)
+        return DEFAULT_IDLE_S
+
+
 class _HostSlot:
-    """This process's lock file in :func:`registry_dir` (one per process, taken on first model load)."""
+    """This process's lock file in :func:`registry_dir`: held from a model call until the process
+    has been idle for :func:`idle_seconds` (a daemon timer drops it; the next call takes it again)."""
 
     def __init__(self) -> None:
         self._fh = None
         self._pid = None
         self._path: Path | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = 0
+        self._timer: threading.Timer | None = None
 
     def take(self) -> None:
         import fcntl
@@ -80,26 +102,77 @@ class _HostSlot:
                 if self._path == path:
                     return
                 self._drop()
-            fh = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fh, self._pid, self._path = fh, os.getpid(), path
+            if self._pid != os.getpid():  # a forked child inherits neither the lock nor the count
+                self._fh, self._busy, self._timer = None, 0, None
+            for _ in range(5):
+                fh = open(path, "a+")  # noqa: SIM115 - held open while the slot is held
+                # blocking: a counter in live_model_processes() holds it only for a moment
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    self._fh, self._pid, self._path = fh, os.getpid(), path
+                    return
+                fh.close()  # a counter removed the file as stale before we locked it: take a new one
+            raise OSError(f"could not take a stable lock file at {path}")
 
     def holds(self, path: Path) -> bool:
         return self._fh is not None and self._pid == os.getpid() and self._path == path
+
+    def begin(self) -> None:
+        """A model call starts: hold the slot (again) and keep it until the call ends."""
+        with self._lock:
+            self.take()
+            self._busy += 1
+            self._cancel_timer()
+
+    def end(self) -> None:
+        """A model call ended: drop the slot once the process has been idle for idle_seconds()."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            self._busy = max(0, self._busy - 1)
+            if self._busy == 0:
+                self._arm()
+
+    def _arm(self) -> None:
+        self._cancel_timer()
+        t = threading.Timer(idle_seconds(), self._idle_release)
+        t.daemon = True
+        self._timer = t
+        t.start()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_release(self) -> None:
+        with self._lock:
+            if self._busy == 0 and self._timer is threading.current_thread():
+                self._timer = None
+                if self._fh is not None and self._pid == os.getpid():
+                    self._drop()
 
     def release(self) -> None:
         with self._lock:
             if self._fh is None or self._pid != os.getpid():
                 return
+            self._cancel_timer()
             self._drop()
 
     def _drop(self) -> None:
         import fcntl
 
         try:
+            os.unlink(self._fh.name)  # unlinked while locked: a process waiting for it sees a new inode
+        except OSError:
+            pass
+        try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
-            os.unlink(self._fh.name)
         except OSError:
             pass
         self._fh = self._path = None
@@ -109,9 +182,11 @@ _SLOT = _HostSlot()
 
 
 def register_model_process() -> None:
-    """Count this process as one holding a llama.cpp model (until it exits or :func:`unregister`)."""
+    """Count this process as one using a llama.cpp model (a model was just loaded): until it has
+    been idle for :func:`idle_seconds`, it exits, or :func:`unregister_model_process`."""
     try:
-        _SLOT.take()
+        _SLOT.begin()
+        _SLOT.end()
     except OSError as e:  # a read-only /tmp must not stop a model from loading
         log.warning("could not register in the model-process registry (%s); thread share may oversubscribe", e)
 
@@ -120,10 +195,27 @@ def unregister_model_process() -> None:
     _SLOT.release()
 
 
-def live_model_processes() -> int:
-    """Processes on this host holding a model right now (this one included if registered).
+@contextlib.contextmanager
+def model_call():
+    """Count this process as a model process for the length of a model call (and idle_seconds()
+    after it). Take it before :func:`host_share` is read for the call."""
+    try:
+        _SLOT.begin()
+    except OSError as e:
+        log.warning("could not register in the model-process registry (%s); thread share may oversubscribe", e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        _SLOT.end()
 
-    A lock file whose ``flock`` can be taken belongs to a process that is gone: it is removed."""
+
+def live_model_processes() -> int:
+    """Processes on this host using a model now (in a call, or within idle_seconds() of one; this
+    one included if so).
+
+    A lock file whose ``flock`` can be taken belongs to a process that is gone or idle: it is removed."""
     import fcntl
 
     n = 0
@@ -142,8 +234,10 @@ def live_model_processes() -> int:
                 except BlockingIOError:
                     n += 1  # held: a live process
                     continue
+                # stale (its process died or went idle): removed while still locked, so a process
+                # taking it now sees a new inode and makes its own
+                path.unlink(missing_ok=True)
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            path.unlink(missing_ok=True)  # stale: its process died
         except OSError:
             continue
     return max(1, n)

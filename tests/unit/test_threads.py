@@ -20,23 +20,38 @@ def registry(tmp_path, monkeypatch):
     threads.unregister_model_process()
 
 
-def _hold(path: str, ready, stop_file: str) -> None:
-    os.environ[threads.REGISTRY_ENV] = path
-    threads.register_model_process()
-    ready.set()
-    deadline = time.monotonic() + 60
+def _wait_for(path: str, seconds: float = 60) -> None:
     # a file, not an Event: setting an Event with a SIGKILLed waiter deadlocks
-    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
-def _start_holders(reg, n):
+def _hold(path: str, ready, stop_file: str) -> None:
+    """A process in one long model call until ``stop_file`` exists."""
+    os.environ[threads.REGISTRY_ENV] = path
+    with threads.model_call():
+        ready.set()
+        _wait_for(stop_file)
+
+
+def _call_then_idle(path: str, ready, idle_file: str, stop_file: str) -> None:
+    """A process that makes one model call (until ``idle_file``), then lives on idle until ``stop_file``."""
+    os.environ[threads.REGISTRY_ENV] = path
+    os.environ[threads.IDLE_ENV] = "0.3"
+    with threads.model_call():
+        ready.set()
+        _wait_for(idle_file)
+    _wait_for(stop_file)
+
+
+def _start_holders(reg, n, target=_hold, files=()):
     ctx = mp.get_context("spawn")
     stop = reg.parent / "stop"
     procs = []
     for _ in range(n):
         ready = ctx.Event()
-        p = ctx.Process(target=_hold, args=(str(reg), ready, str(stop)), daemon=True)
+        p = ctx.Process(target=target, args=(str(reg), ready, *map(str, files), str(stop)), daemon=True)
         p.start()
         assert ready.wait(60)
         procs.append(p)
@@ -95,3 +110,51 @@ def test_owned_cores_go_into_the_config_only_when_it_sets_none():
     assert threads.with_owned_cores(cfg.model_copy(update={"n_threads": 3}), 2).n_threads == 3
     assert threads.with_owned_cores(cfg, None).n_threads is None
     assert threads.with_owned_cores(LLMConfig(type="openai", base_url="http://x/v1"), 4).n_threads is None
+
+
+def test_a_process_idle_after_its_model_calls_stops_counting(registry, monkeypatch):
+    """A PySpark worker kept for reuse with the teacher still loaded must not halve the driver's
+    threads: a model process counts while in a call and idle_seconds() after it, not for its life."""
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    idle = registry.parent / "idle"
+    procs, stop = _start_holders(registry, 1, target=_call_then_idle, files=[idle])
+    try:
+        with threads.model_call():
+            assert threads.host_share().n == 1  # the other process is in a call
+            idle.touch()
+            deadline = time.monotonic() + 20
+            while threads.live_model_processes() > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert procs[0].is_alive()
+            b = threads.host_share()  # alive, model still in memory, but idle for > 0.3 s
+            assert (b.n, b.detail) == (2, "2 core(s) / 1 model process(es)")
+    finally:
+        stop.touch()
+        procs[0].join(10)
+
+
+def test_this_process_keeps_its_slot_through_a_long_call_and_drops_it_when_idle(registry, monkeypatch):
+    monkeypatch.setenv(threads.IDLE_ENV, "0.2")
+    mine = registry / f"{os.getpid()}.lock"
+    with threads.model_call():
+        with threads.model_call():  # nested (two threads of one process calling)
+            time.sleep(0.5)  # longer than the idle time: a busy process never drops its slot
+            assert mine.exists()
+        time.sleep(0.4)
+        assert mine.exists()
+    deadline = time.monotonic() + 10
+    while mine.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mine.exists()
+    with threads.model_call():  # the next call takes it again
+        assert mine.exists()
+        assert threads.live_model_processes() == 1
+
+
+def test_idle_seconds_from_the_environment(monkeypatch):
+    monkeypatch.delenv(threads.IDLE_ENV, raising=False)
+    assert threads.idle_seconds() == threads.DEFAULT_IDLE_S
+    monkeypatch.setenv(threads.IDLE_ENV, "1.5")
+    assert threads.idle_seconds() == 1.5
+    monkeypatch.setenv(threads.IDLE_ENV, "soon")
+    assert threads.idle_seconds() == threads.DEFAULT_IDLE_S
