@@ -43,6 +43,24 @@ def truncate(text: str, max_tokens: int, chars_per_token: float) -> str:
     return cut.rstrip() + " [...]"
 
 
+def _fixed_pieces(s: str, limit: int) -> list[str]:
+    return [s[i:i + limit] for i in range(0, len(s), limit)]
+
+
+def _word_pieces(s: str, limit: int) -> list[str]:
+    """``s`` in pieces of at most ``limit`` characters, each cut at the last space before the limit
+    (a word longer than half the limit is cut where the limit falls)."""
+    out = []
+    s = s.strip()
+    while len(s) > limit:
+        cut = s.rfind(" ", 0, limit + 1)
+        if cut < limit // 2:
+            cut = limit
+        out.append(s[:cut].rstrip())
+        s = s[cut:].lstrip()
+    return [*out, s] if s else out
+
+
 def retrieve(sentences: list[str], query: str, max_tokens: int, chars_per_token: float, *,
              relevant_only: bool = False) -> str:
     """Keep the sentences most similar to ``query`` (TF-IDF cosine), in document order, up to the budget.
@@ -52,8 +70,11 @@ def retrieve(sentences: list[str], query: str, max_tokens: int, chars_per_token:
     if not sentences:
         return ""
     limit = budget_chars(max_tokens, chars_per_token)
-    # A "sentence" longer than the whole budget (tables, form fields) is cut into budget-sized pieces.
-    sentences = [s[i:i + limit] for s in sentences for i in range(0, len(s), limit)]
+    # A "sentence" longer than the whole budget (tables, form fields) is cut into budget-sized
+    # pieces: at word boundaries for an example shown in a prompt (a piece "he other party."
+    # reached a rule's exemplar), at fixed offsets for ingest (stored inputs stay the same).
+    cut = _word_pieces if relevant_only else _fixed_pieces
+    sentences = [p for s in sentences for p in cut(s, limit)]
     if sum(len(s) + 1 for s in sentences) <= limit or not (query or "").strip():
         return truncate(" ".join(sentences), max_tokens, chars_per_token)
     from sklearn.feature_extraction.text import TfidfVectorizer
