@@ -8,6 +8,10 @@ quarter of the score; accuracy weighs each row equally. Both are paired on the s
 (percentile bootstrap of the difference a - b, resampling rows), from the predictions the result
 stored (``test_predictions``, ``test_gold``): no model is run. Writes
 ``bench/results/paired_<result name>.json`` and prints the table.
+
+``--without-rows-of OTHER.json`` keeps only the test rows that OTHER did not score: when a run
+extends an earlier run's test split (the sampler keeps the earlier rows), the new rows alone are
+a replication on rows nobody has seen (written as ``paired_<result>_without_<other>.json``).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def main() -> int:
     ap.add_argument("result", help="a bench/results/quality_*.json written with test predictions")
     ap.add_argument("pairs", nargs="+", help="a:b condition names (a - b)")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--without-rows-of", default=None, metavar="OTHER",
+                    help="a quality result whose test rows are left out (the rows it did not score)")
     args = ap.parse_args()
     started = time.perf_counter()
     from pld_spark.metrics import paired_bootstrap
@@ -49,6 +55,19 @@ def main() -> int:
     labels = res["evaluation_meta"]["labels"]
     ids, gold = res["test_gold"]["doc_ids"], res["test_gold"]["labels"]
     reused = {c["condition"]: c.get("reused_from") for c in res["conditions"]}
+    name = f"paired_{Path(args.result).stem}"
+    if args.without_rows_of:
+        other = json.loads(Path(args.without_rows_of).read_text())
+        if "test_gold" not in other:
+            ap.error(f"--without-rows-of {args.without_rows_of}: no test_gold (written before results kept "
+                     "their test rows)")
+        seen = set(other["test_gold"]["doc_ids"])
+        keep = [k for k, i in enumerate(ids) if i not in seen]
+        if not keep:
+            ap.error(f"--without-rows-of {args.without_rows_of}: it scored every test row of {args.result}")
+        print(f"{len(keep)} of {len(ids)} test rows not in {args.without_rows_of}")
+        ids, gold = [ids[k] for k in keep], [gold[k] for k in keep]
+        name += f"_without_{Path(args.without_rows_of).stem}"
 
     def preds(name: str) -> list:
         p = res["test_predictions"][reused.get(name) or name]
@@ -66,8 +85,8 @@ def main() -> int:
                      f"{acc['only_a_right']} / {acc['only_b_right']}"])
     print(text_table(["comparison", "macro-F1 delta [95% CI]", "accuracy delta [95% CI]", "only a / only b right"],
                      rows))
-    write_result(f"paired_{Path(args.result).stem}", {"result": args.result, "bootstrap": args.bootstrap,
-                                                        "paired": out}, started)
+    write_result(name, {"result": args.result, "without_rows_of": args.without_rows_of, "rows": len(ids),
+                        "bootstrap": args.bootstrap, "paired": out}, started)
     return 0
 
 
