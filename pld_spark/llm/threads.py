@@ -11,7 +11,7 @@ order:
    actor's ``num_cpus`` (``source = "task"``; the engines put it into the config's ``n_threads``
    through :func:`with_owned_cores`);
 3. otherwise (the driver, local Spark workers): this process's share of the host, the usable
-   cores divided by the live processes on this host that hold a llama.cpp model
+   cores divided by the live processes on this host that use a llama.cpp model
    (``source = "host-share"``). Each such process holds an ``flock`` on a file in a per-user
    folder while it uses its model (released by the kernel when it dies, so a killed process
    never counts), and the share is re-read before every model call, so a model that started
@@ -21,7 +21,7 @@ A process counts from its first model call (:func:`model_call`) until ``PLD_MODE
 seconds (default 20) after its last one: an idle process that still holds a model in memory
 does not count. Without this, a PySpark worker that ran the teacher in ``extract`` and was kept
 for reuse held its slot for the rest of the run, and the driver's selection pass ran with one
-thread of two (910 s for 64 val rows against ~450 s, seventh session).
+thread of two (910 s for 64 val rows, ~450 s at two threads; seventh session).
 """
 from __future__ import annotations
 
